@@ -1,0 +1,1 @@
+"""Backbones: open_clip models behind one adapter."""

@@ -1,0 +1,226 @@
+"""Layered, validated configuration: defaults -> bench.yaml -> --config FILE -> --set key=value.
+
+The schema below fixes the top-level keys. Plugin sections (`methods`, `perturbations`,
+`backbones`, `datasets`) are validated against each plugin's own `Params` model once plugins are
+loaded, so a method added by a user gets typed, validated parameters like the built-ins.
+Every error names the dotted path of the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from anbench.registry import REGISTRIES, AnbenchError, load_plugin
+
+SECTION_REGISTRY = {
+    "methods": "methods",
+    "perturbations": "perturbations",
+    "backbones": "backbones",
+    "datasets": "datasets",
+}
+
+
+class ConfigError(AnbenchError):
+    pass
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunSection(Strict):
+    """What `anbench run` does when called without flags."""
+
+    suite: str = "default"
+    out: str = "runs"
+    methods: list[str] = Field(default_factory=lambda: ["anprompt", "dapt"])
+    noise: list[str] = Field(default_factory=lambda: ["all"])
+    train_noise: list[str] | None = None
+    eval_noise: list[str] | None = None
+    datasets: list[str] = Field(default_factory=lambda: ["fashion-mnist", "digits"])
+    seeds: list[int] = Field(default_factory=lambda: [1])
+    shots: PositiveInt = 16
+    protocol: Literal["base-to-new", "all-classes", "cross-dataset"] = "base-to-new"
+    backbone: str = "mini"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cache_dir: str | None = None
+    data_root: str | None = None  # root of the CoOp datasets, for datasets that read one
+    quiet: bool = False
+
+    @field_validator("methods", "noise", "train_noise", "eval_noise", "datasets", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class Overrides(Strict):
+    """Per-backbone or per-dataset parameter overrides, by plugin section."""
+
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    perturbations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class BenchConfig(Strict):
+    run: RunSection = Field(default_factory=RunSection)
+    plugins: list[str] = Field(default_factory=list)
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    perturbations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    backbones: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    per_backbone: dict[str, Overrides] = Field(default_factory=dict)
+    per_dataset: dict[str, Overrides] = Field(default_factory=dict)
+
+    def plugin_params(self, section: str, name: str, *, backbone: str | None = None,
+                      dataset: str | None = None) -> Any:
+        """The validated `Params` of plugin `name`, with per-backbone then per-dataset overrides."""
+        registry = REGISTRIES[SECTION_REGISTRY[section]]
+        cls = registry.get(name)
+        raw = dict(getattr(self, section).get(name, {}))
+        path = f"{section}.{name}"
+        for scope, key in (("per_backbone", backbone), ("per_dataset", dataset)):
+            overrides = getattr(self, scope).get(key) if key else None
+            if overrides is not None and section in ("methods", "perturbations"):
+                extra = getattr(overrides, section).get(name)
+                if extra:
+                    raw.update(extra)
+                    path = f"{scope}.{key}.{section}.{name}"
+        return _validate_params(cls, raw, path)
+
+
+def _validate_params(cls: Any, raw: dict[str, Any], path: str) -> Any:
+    params_cls = getattr(cls, "Params", None)
+    if params_cls is None:
+        if raw:
+            raise ConfigError(f"{path}: takes no parameters, got {', '.join(raw)}")
+        return None
+    try:
+        return params_cls(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, path)) from None
+
+
+def _format_validation(exc: ValidationError, prefix: str = "") -> str:
+    error = exc.errors()[0]
+    loc = ".".join(str(part) for part in error["loc"])
+    where = ".".join(part for part in (prefix, loc) if part)
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"config error at '{where}': {message}"
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def parse_set(assignment: str) -> dict[str, Any]:
+    """`a.b.c=value` -> {"a": {"b": {"c": value}}}; the value is read as YAML (`[1,2]`, `inf`)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got '{assignment}'")
+    key, raw = assignment.split("=", 1)
+    parts = [part for part in key.strip().split(".") if part]
+    if not parts:
+        raise ConfigError(f"--set expects key=value, got '{assignment}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and value.lower() in ("inf", "+inf"):
+        value = math.inf
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def default_bench_yaml() -> Path | None:
+    """The suite file used when no other is named: $ANBENCH_BENCH_YAML, ./bench.yaml, or the
+    repository's own bench.yaml next to the installed sources."""
+    env = os.environ.get("ANBENCH_BENCH_YAML")
+    if env:
+        return Path(env)
+    repo_copy = Path(__file__).resolve().parents[1] / "bench.yaml"
+    for candidate in (Path.cwd() / "bench.yaml", repo_copy):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(config_file: Path | None = None, sets: list[str] | None = None,
+                bench_yaml: Path | None = None, extra_plugins: list[str] | None = None,
+                ) -> BenchConfig:
+    """Resolve the layered config, load plugins, and validate every plugin section."""
+    raw: dict[str, Any] = {}
+    base = bench_yaml if bench_yaml is not None else default_bench_yaml()
+    if base is not None:
+        raw = deep_merge(raw, read_yaml(base))
+    if config_file is not None:
+        raw = deep_merge(raw, read_yaml(config_file))
+    for assignment in sets or []:
+        raw = deep_merge(raw, parse_set(assignment))
+    try:
+        config = BenchConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc)) from None
+    for plugin in [*config.plugins, *(extra_plugins or [])]:
+        load_plugin(plugin)
+    validate_plugin_sections(config)
+    return config
+
+
+def validate_plugin_sections(config: BenchConfig) -> None:
+    for section, registry_key in SECTION_REGISTRY.items():
+        registry = REGISTRIES[registry_key]
+        for name in getattr(config, section):
+            if name not in registry:
+                raise ConfigError(f"config error at '{section}.{name}': unknown "
+                                  f"{registry.kind}; known: {', '.join(registry.names())}")
+            config.plugin_params(section, name)
+    for scope in ("per_backbone", "per_dataset"):
+        for key, overrides in getattr(config, scope).items():
+            for section in ("methods", "perturbations"):
+                registry = REGISTRIES[section]
+                for name in getattr(overrides, section):
+                    if name not in registry:
+                        raise ConfigError(
+                            f"config error at '{scope}.{key}.{section}.{name}': unknown "
+                            f"{registry.kind}; known: {', '.join(registry.names())}")
+                    kwargs = {"backbone": key} if scope == "per_backbone" else {"dataset": key}
+                    config.plugin_params(section, name, **kwargs)
+
+
+def dump_config(config: BenchConfig) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

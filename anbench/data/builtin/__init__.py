@@ -1,0 +1,1 @@
+"""Built-in datasets, found by scanning this package."""

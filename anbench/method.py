@@ -1,0 +1,109 @@
+"""The method contract: what a prompt-tuning method declares and how the runner drives it.
+
+A method is an `nn.Module` over a frozen `BackboneAdapter`. The runner (and only the runner)
+owns the loop: it calls `setup` once with the training label space, trains
+`trainable_parameters()` on the sum of the named terms `loss()` returns, then evaluates with
+`encode_images` (once per trained model), `class_features` (once per set of class sentences:
+clean, and each perturbation) and `logits`.
+
+Class sentences. Every method consumes one natural-language sentence per class (by default the
+dataset's template filled with the class name); evaluation perturbations act on exactly these
+sentences, so every method is measured on the same text. Methods with learned context put it in
+front of the sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, PositiveInt
+from torch import nn
+
+from anbench.backbones.adapter import BackboneAdapter
+
+
+class MethodParams(BaseModel):
+    """Optimisation settings every method has; methods subclass this with their own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 32
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    # The sentence each class is written as: the dataset template ("a photo of a {}.") or the
+    # bare class name ("{}." as in CoOp/DAPT's official prompt).
+    class_sentence: Literal["template", "name"] = "template"
+
+
+@dataclass
+class TaskContext:
+    """What a method may know while it trains: the training label space only."""
+
+    dataset: str
+    classnames: list[str]
+    sentences: list[str]  # one clean sentence per training class (see class_sentence)
+    descriptions: dict[str, list[str]]  # class name -> hand-written descriptions
+    templates: list[str]
+    seed: int
+    device: torch.device
+    train_noise: Any = None  # a Perturbation instance, or None
+    train_noise_name: str = "none"
+    train_noise_severity: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set `Params`, and usually override every method below."""
+
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    takes_train_noise: ClassVar[bool] = False  # True: trained once per noise strategy
+    trains: ClassVar[bool] = True  # False for zero-shot
+
+    def __init__(self, params: MethodParams, adapter: BackboneAdapter):
+        super().__init__()
+        self.params = params
+        self.adapter = adapter
+
+    def setup(self, task: TaskContext, train_images: torch.Tensor,
+              train_labels: torch.Tensor) -> None:
+        """Build what depends on the training data (prototypes, noise prompts) before training.
+        `train_images` are preprocessed (eval pipeline) few-shot training images."""
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named, already weighted loss terms for one batch; the trainer sums them."""
+        raise NotImplementedError
+
+    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image features the method predicts from (e.g. {"clean": f^c, "nrvpp": f^r})."""
+        raise NotImplementedError
+
+    def class_features(self, sentences: list[str]) -> torch.Tensor:
+        """Normalised prompted text features [C, d], one per class sentence."""
+        raise NotImplementedError
+
+    def logits(self, image_features: dict[str, torch.Tensor], text_features: torch.Tensor,
+               split: Literal["base", "new", "all"]) -> torch.Tensor:
+        """Prediction logits [N, C] (the prediction rule may depend on the split)."""
+        raise NotImplementedError
+
+    def prompt_state(self) -> dict[str, torch.Tensor]:
+        """Trained prompt parameters, without class-dependent buffers (reloadable for another
+        label space)."""
+        return {name: p.detach().cpu().clone() for name, p in self.named_parameters()
+                if p.requires_grad}
+
+    def load_prompt_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.named_parameters())
+        for name, tensor in state.items():
+            own[name].data.copy_(tensor.to(own[name].device))

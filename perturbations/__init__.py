@@ -1,0 +1,1 @@
+"""Built-in plugins; every module here registers itself and is found by scanning."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import typer  # noqa: E402
 
-from anbench.registry import REGISTRIES, AnbenchError  # noqa: E402
+from anbench.registry import PERTURBATIONS, REGISTRIES, AnbenchError  # noqa: E402
 
 app = typer.Typer(
     help="Robustness benchmarking and ablation toolkit for prompt tuning of CLIP-like models.",
@@ -30,7 +30,7 @@ PluginOpt = Annotated[list[str] | None, typer.Option("--plugin", help="A plugin 
                                                      "module to load (repeatable).")]
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     methods = "methods"
     perturbations = "perturbations"
     datasets = "datasets"
@@ -168,7 +168,9 @@ def perturb(
 
     cfg = _config(config, set_, plugin)
     names = None if noise == "all" else [n.strip() for n in noise.split(",") if n.strip()]
-    for name, severity, output in preview(text, names, seed, class_name, config=cfg):
+    names_all = names if names is not None else PERTURBATIONS.names()
+    params = {name: cfg.plugin_params("perturbations", name) for name in names_all}
+    for name, severity, output in preview(text, names_all, seed, class_name, params=params):
         typer.echo(f"{name:<10} severity={severity:g}  {output}")
 
 

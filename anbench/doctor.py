@@ -36,7 +36,8 @@ def run_doctor(config: BenchConfig) -> bool:
         except AnbenchError as exc:
             ok, detail = False, str(exc)
         _line(ok, name, detail)
-        if name == config.run.backbone and not ok:
+        builds = getattr(BACKBONES.get(name), "builds_on_first_use", False)
+        if name == config.run.backbone and not ok and not builds:
             needed_ok = False
 
     typer.echo("NLTK data (synonym perturbation):")

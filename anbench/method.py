@@ -56,7 +56,8 @@ class TaskContext:
     device: torch.device
     train_noise: Any = None  # a Perturbation instance, or None
     train_noise_name: str = "none"
-    train_noise_severity: float = 0.0
+    # None: the perturbation's own first default severity (wsp: 1.0). Note 0 means no noise.
+    train_noise_severity: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,7 +66,11 @@ class Method(nn.Module):
 
     Params: ClassVar[type[MethodParams]] = MethodParams
     takes_train_noise: ClassVar[bool] = False  # True: trained once per noise strategy
+    default_train_noise: ClassVar[str] = "wsp"  # used when a run names no noise strategy
     trains: ClassVar[bool] = True  # False for zero-shot
+    # Buffers that are part of the trained prompts (e.g. ANPrompt's noise centroids N): saved
+    # and reloaded with the parameters; class-dependent buffers are never listed here.
+    prompt_buffers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: MethodParams, adapter: BackboneAdapter):
         super().__init__()
@@ -79,6 +84,12 @@ class Method(nn.Module):
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def training_inputs(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """What `loss` receives for the whole training set, computed once before training and
+        sliced along dim 0 per batch by the trainer (default: the images themselves). Methods
+        with a frozen prefix return its cached outputs here; `loss` must accept both forms."""
+        return images
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named, already weighted loss terms for one batch; the trainer sums them."""
@@ -98,12 +109,26 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def prompt_state(self) -> dict[str, torch.Tensor]:
-        """Trained prompt parameters, without class-dependent buffers (reloadable for another
-        label space)."""
-        return {name: p.detach().cpu().clone() for name, p in self.named_parameters()
-                if p.requires_grad}
+        """Trained prompt parameters (and `prompt_buffers`), without class-dependent buffers
+        (reloadable for another label space)."""
+        state = {name: p.detach().cpu().clone() for name, p in self.named_parameters()
+                 if p.requires_grad}
+        buffers = dict(self.named_buffers())
+        for name in self.prompt_buffers:
+            state[name] = buffers[name].detach().cpu().clone()
+        return state
 
     def load_prompt_state(self, state: dict[str, torch.Tensor]) -> None:
-        own = dict(self.named_parameters())
+        own = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        buffers = dict(self.named_buffers())
+        own.update({name: buffers[name] for name in self.prompt_buffers})
+        unknown = sorted(set(state) - set(own))
+        missing = sorted(set(own) - set(state))
+        if unknown or missing:
+            raise KeyError(f"prompt state does not fit {type(self).__name__}: "
+                           f"unknown {unknown}, missing {missing}")
         for name, tensor in state.items():
+            if own[name].shape != tensor.shape:
+                raise ValueError(f"prompt state '{name}' has shape {tuple(tensor.shape)}, "
+                                 f"expected {tuple(own[name].shape)}")
             own[name].data.copy_(tensor.to(own[name].device))

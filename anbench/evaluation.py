@@ -1,0 +1,153 @@
+"""Evaluate one trained method on one label space: clean, then under every perturbation.
+
+Image features are computed once per trained model; each perturbation and severity costs one
+text pass over the class sentences and a matrix product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from anbench import metrics
+from anbench.method import Method
+from anbench.perturbation import Perturbation, apply, make_context, mix_features
+
+
+@dataclass
+class EvalNoise:
+    """One evaluation condition: a perturbation at one severity."""
+
+    perturbation: Perturbation
+    severity: float
+
+    @property
+    def name(self) -> str:
+        return self.perturbation.name
+
+    @property
+    def alpha(self) -> float:
+        return float(self.perturbation.alpha)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.severity:g}"
+
+
+@dataclass
+class SplitResult:
+    split: str
+    labels: np.ndarray
+    sentences: list[str]
+    clean_logits: np.ndarray
+    clean_text: np.ndarray
+    noisy_sentences: dict[str, list[str]] = field(default_factory=dict)
+    noisy_logits: dict[str, np.ndarray] = field(default_factory=dict)
+    noisy_text: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def accuracy(self, key: str | None = None) -> float:
+        logits = self.clean_logits if key is None else self.noisy_logits[key]
+        return metrics.accuracy(logits, self.labels)
+
+
+def class_sentences(method: Method, classnames: list[str], template: str) -> list[str]:
+    """The natural-language sentence of each class that the method reads (and noise perturbs)."""
+    if getattr(method.params, "class_sentence", "template") == "name":
+        return [f"{name}." for name in classnames]
+    return [template.format(name) for name in classnames]
+
+
+@torch.no_grad()
+def encode_images(method: Method, images: torch.Tensor, batch_size: int = 256
+                  ) -> dict[str, torch.Tensor]:
+    parts: list[dict[str, torch.Tensor]] = []
+    device = method.adapter.device
+    with method.adapter.autocast():
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size].to(device)
+            parts.append({k: v.float() for k, v in method.encode_images(batch).items()})
+    if not parts:
+        return {}
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
+@torch.no_grad()
+def evaluate_split(method: Method, split: str, images: torch.Tensor, labels: torch.Tensor,
+                   classnames: list[str], template: str, templates: list[str],
+                   descriptions: dict[str, list[str]], noises: list[EvalNoise], seed: int,
+                   dataset: str) -> SplitResult:
+    method.eval()
+    features = encode_images(method, images)
+    sentences = class_sentences(method, classnames, template)
+    with method.adapter.autocast():
+        clean_text = method.class_features(sentences).float()
+        clean_logits = method.logits(features, clean_text, split).float()
+    result = SplitResult(split, labels.numpy(), sentences, clean_logits.cpu().numpy(),
+                         clean_text.cpu().numpy())
+    mask_token = method.adapter.mask_token
+    contexts = [make_context(sentence, name, index, descriptions=descriptions.get(name, []),
+                             templates=templates, mask_token=mask_token)
+                for index, (sentence, name) in enumerate(zip(sentences, classnames, strict=True))]
+    # Item ids name the class, not the split or method: every method sees the same noisy text.
+    item_ids = [f"{dataset}/{name}" for name in classnames]
+    for noise in noises:
+        noisy = apply(noise.perturbation, sentences, contexts, item_ids, seed, noise.severity)
+        with method.adapter.autocast():
+            noisy_text = mix_features(clean_text, method.class_features(noisy).float(),
+                                      noise.alpha)
+            noisy_logits = method.logits(features, noisy_text, split).float()
+        result.noisy_sentences[noise.key] = noisy
+        result.noisy_logits[noise.key] = noisy_logits.cpu().numpy()
+        result.noisy_text[noise.key] = noisy_text.cpu().numpy()
+    return result
+
+
+def result_rows(results: list[SplitResult], noises: list[EvalNoise], base: dict[str, Any]
+                ) -> list[dict[str, Any]]:
+    """Long-table rows: acc per split and condition; ts, lpr, as per perturbed condition; hm of
+    base and new accuracy per condition when both splits were evaluated."""
+    rows: list[dict[str, Any]] = []
+
+    def add(split: str, eval_noise: str, severity: float, alpha: float, metric: str,
+            value: float) -> None:
+        rows.append({**base, "split": split, "eval_noise": eval_noise, "severity": severity,
+                     "alpha": alpha, "metric": metric, "value": value})
+
+    nan = float("nan")
+    for res in results:
+        add(res.split, "clean", nan, nan, "acc", res.accuracy())
+        for noise in noises:
+            key = noise.key
+            logits = res.noisy_logits[key]
+            add(res.split, noise.name, noise.severity, noise.alpha, "acc", res.accuracy(key))
+            add(res.split, noise.name, noise.severity, noise.alpha, "ts",
+                metrics.text_shift(res.clean_text, res.noisy_text[key]))
+            add(res.split, noise.name, noise.severity, noise.alpha, "lpr",
+                metrics.logit_preservation_rate(res.clean_logits, logits))
+            add(res.split, noise.name, noise.severity, noise.alpha, "as",
+                metrics.accuracy_shift(res.clean_logits, logits, res.labels))
+    by_split = {res.split: res for res in results}
+    if "base" in by_split and "new" in by_split:
+        base_res, new_res = by_split["base"], by_split["new"]
+        add("base-new", "clean", nan, nan, "hm",
+            metrics.harmonic_mean(base_res.accuracy(), new_res.accuracy()))
+        for noise in noises:
+            add("base-new", noise.name, noise.severity, noise.alpha, "hm",
+                metrics.harmonic_mean(base_res.accuracy(noise.key), new_res.accuracy(noise.key)))
+    return rows
+
+
+def result_arrays(results: list[SplitResult]) -> dict[str, np.ndarray]:
+    """Everything needed to recompute the metrics without a model."""
+    arrays: dict[str, np.ndarray] = {}
+    for res in results:
+        arrays[f"{res.split}/labels"] = res.labels
+        arrays[f"{res.split}/logits/clean"] = res.clean_logits
+        arrays[f"{res.split}/text/clean"] = res.clean_text
+        for key in res.noisy_logits:
+            arrays[f"{res.split}/logits/{key}"] = res.noisy_logits[key]
+            arrays[f"{res.split}/text/{key}"] = res.noisy_text[key]
+    return arrays

@@ -1,0 +1,52 @@
+"""Robustness metrics (METHOD.md 2), computed from stored logits and text features.
+
+All take plain tensors so they can be recomputed from a cell's stored arrays without a model.
+Accuracies and LPR are percentages; AS is in percentage points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _t(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+
+
+def accuracy(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
+    logits, labels = _t(logits), _t(labels)
+    if len(labels) == 0:
+        return float("nan")
+    return float((logits.argmax(dim=-1) == labels).double().mean() * 100.0)
+
+
+def text_shift(clean: torch.Tensor | np.ndarray, perturbed: torch.Tensor | np.ndarray) -> float:
+    """TS = mean over classes of 1 - cos(t_c, t~_c)."""
+    clean, perturbed = _t(clean).double(), _t(perturbed).double()
+    return float((1.0 - F.cosine_similarity(clean, perturbed, dim=-1)).mean())
+
+
+def logit_preservation_rate(clean_logits: torch.Tensor | np.ndarray,
+                            perturbed_logits: torch.Tensor | np.ndarray) -> float:
+    """LPR = share (in %) of test images whose predicted class is unchanged."""
+    clean, perturbed = _t(clean_logits), _t(perturbed_logits)
+    if len(clean) == 0:
+        return float("nan")
+    return float((clean.argmax(dim=-1) == perturbed.argmax(dim=-1)).double().mean() * 100.0)
+
+
+def accuracy_shift(clean_logits: torch.Tensor | np.ndarray,
+                   perturbed_logits: torch.Tensor | np.ndarray,
+                   labels: torch.Tensor | np.ndarray) -> float:
+    """AS = Acc(perturbed) - Acc(clean), percentage points (negative = loss)."""
+    return accuracy(perturbed_logits, labels) - accuracy(clean_logits, labels)
+
+
+def harmonic_mean(base: float, new: float) -> float:
+    if not np.isfinite(base) or not np.isfinite(new):
+        return float("nan")
+    if base + new == 0:
+        return 0.0
+    return 2.0 * base * new / (base + new)

@@ -1,0 +1,402 @@
+"""Reports from a small synthetic results.csv: golden tables, hand-computed numbers, figures.
+
+Regenerate the golden files with `ANBENCH_UPDATE_GOLDEN=1 pytest tests/test_reports.py`; by
+default the tests compare against them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from anbench.registry import REPORTS, AnbenchError
+from anbench.reporting import (
+    RESULT_COLUMNS,
+    BuildResult,
+    build_report,
+    build_report_info,
+    load_results,
+    make_palette,
+    order_datasets,
+    order_methods,
+    parse_formats,
+)
+
+GOLDEN = Path(__file__).parent / "golden" / "reports"
+UPDATE = os.environ.get("ANBENCH_UPDATE_GOLDEN") == "1"
+
+SEEDS = (1, 2)
+# clean accuracy (base, new) per (method, train noise) -> dataset -> per-seed values
+ACC: dict[tuple[str, str], dict[str, dict[str, tuple[float, float]]]] = {
+    ("zeroshot", "none"): {
+        "caltech101": {"base": (80, 80), "new": (75, 75)},
+        "dtd": {"base": (50, 50), "new": (45, 45)},
+    },
+    ("dapt", "none"): {
+        "caltech101": {"base": (88, 90), "new": (78, 80)},
+        "dtd": {"base": (68, 70), "new": (40, 42)},
+    },
+    ("anprompt", "wsp"): {
+        "caltech101": {"base": (90, 92), "new": (80, 84)},
+        "dtd": {"base": (70, 74), "new": (40, 44)},
+    },
+    ("anprompt", "drop"): {
+        "caltech101": {"base": (89, 89), "new": (79, 81)},
+        "dtd": {"base": (69, 71), "new": (39, 41)},
+    },
+    ("anprompt-wo-nrvpp", "wsp"): {
+        "caltech101": {"base": (89, 91), "new": (80, 82)},
+        "dtd": {"base": (69, 71), "new": (41, 43)},
+    },
+    ("anprompt-wo-waloss", "wsp"): {
+        "caltech101": {"base": (90, 90), "new": (79, 81)},
+        "dtd": {"base": (70, 72), "new": (40, 40)},
+    },
+}
+# text shift of each evaluation setting (eval noise, severity, alpha) before the method factor
+SETTINGS: dict[tuple[str, float, float], float] = {
+    ("wsp", 1.0, 0.001): 0.001,
+    ("wsp", 1.0, math.inf): 0.08,
+    ("drop", 0.1, math.inf): 0.05,
+    ("drop", 0.3, math.inf): 0.15,
+    ("mask", 0.3, math.inf): 0.2,
+}
+FACTOR = {("zeroshot", "none"): 1.0, ("dapt", "none"): 0.8, ("anprompt", "wsp"): 0.5,
+          ("anprompt", "drop"): 0.6, ("anprompt-wo-nrvpp", "wsp"): 0.7,
+          ("anprompt-wo-waloss", "wsp"): 0.6}
+OFFSET = {("caltech101", "base"): 0.0, ("caltech101", "new"): 0.001, ("dtd", "base"): 0.002,
+          ("dtd", "new"): 0.003}
+
+
+def text_shift(key: tuple[str, str], setting: tuple[str, float, float], dataset: str,
+               split: str, seed: int) -> float:
+    return SETTINGS[setting] * FACTOR[key] + OFFSET[(dataset, split)] + 0.001 * (seed - 1)
+
+
+def synthetic_results() -> pd.DataFrame:
+    rows: list[dict[str, object]] = []
+    nan = math.nan
+    # datasets written dtd first: the tables must still follow paper order (caltech101 first)
+    for (method, noise), per_dataset in ACC.items():
+        shots = 0 if method == "zeroshot" else 16  # zero-shot does not train
+        for dataset in ("dtd", "caltech101"):
+            for i, seed in enumerate(SEEDS):
+                base = dict(suite="toy", dataset=dataset, backbone="mini", method=method,
+                            train_noise=noise, shots=shots, seed=seed)
+                accs = {s: per_dataset[dataset][s][i] for s in ("base", "new")}
+                for split, value in accs.items():
+                    rows.append(base | dict(split=split, eval_noise="clean", severity=nan,
+                                            alpha=nan, metric="acc", value=value))
+                b, n = accs["base"], accs["new"]
+                rows.append(base | dict(split="base-new", eval_noise="clean", severity=nan,
+                                        alpha=nan, metric="hm", value=2 * b * n / (b + n)))
+                for setting in SETTINGS:
+                    pert, sev, alpha = setting
+                    for split in ("base", "new"):
+                        ts = text_shift((method, noise), setting, dataset, split, seed)
+                        cell = base | dict(split=split, eval_noise=pert, severity=sev, alpha=alpha)
+                        rows.append(cell | dict(metric="ts", value=ts))
+                        rows.append(cell | dict(metric="lpr", value=100 - 50 * ts))
+                        rows.append(cell | dict(metric="as", value=-20 * ts))
+                        rows.append(cell | dict(metric="acc", value=accs[split] - 20 * ts))
+    return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+
+
+def build(tmp_path: Path, df: pd.DataFrame, formats: str = "md,tex,csv",
+          reports: list[str] | None = None) -> BuildResult:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    csv_path = tmp_path / "results.csv"
+    df.to_csv(csv_path, index=False)
+    return build_report_info(csv_path, tmp_path / "report", formats, strict=True,
+                             reports=reports)
+
+
+def check_golden(actual: Path, golden: Path) -> None:
+    text = actual.read_text(encoding="utf-8")
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+        return
+    assert golden.is_file(), f"missing golden {golden}; run with ANBENCH_UPDATE_GOLDEN=1"
+    assert text == golden.read_text(encoding="utf-8"), f"{actual.name} differs from {golden}"
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    return build(tmp_path_factory.mktemp("full"), synthetic_results())
+
+
+# ----------------------------------------------------------------------------------------------
+# registry and helpers
+
+def test_all_reports_are_registered() -> None:
+    assert {"base-to-new", "ablation", "noise-strategy", "training-noise", "severity-curves",
+            "robustness-summary"} <= set(REPORTS.names())
+
+
+def test_method_order_and_palette_are_stable() -> None:
+    assert order_methods(["zzz", "anprompt", "dapt", "zeroshot", "aaa", "anprompt-wo-waloss"]) \
+        == ["zeroshot", "dapt", "anprompt", "anprompt-wo-waloss", "aaa", "zzz"]
+    assert order_datasets(["dtd", "imagenet", "mini-pets", "caltech101"]) \
+        == ["imagenet", "caltech101", "dtd", "mini-pets"]
+    small, big = make_palette(["dapt"]), make_palette(["x-method", "anprompt", "dapt", "coop"])
+    assert small["dapt"] == big["dapt"] and small["anprompt"] == big["anprompt"]
+    assert len(set(big.values())) == len(big)
+
+
+def test_formats() -> None:
+    assert parse_formats("md,tex,csv") == (["md", "tex", "csv"], ["png", "pdf"])
+    assert parse_formats(["csv", "png"]) == (["csv"], ["png"])
+    with pytest.raises(AnbenchError, match="unknown report format"):
+        parse_formats("md,docx")
+
+
+def test_load_keeps_none_as_a_name(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    synthetic_results().to_csv(path, index=False)
+    df = load_results(path)
+    assert set(df.loc[df["method"] == "dapt", "train_noise"]) == {"none"}
+    assert math.isinf(df.loc[df["eval_noise"] == "mask", "alpha"].iloc[0])
+    assert df.loc[df["eval_noise"] == "clean", "severity"].isna().all()
+
+
+def test_missing_columns_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    synthetic_results().drop(columns=["alpha"]).to_csv(path, index=False)
+    with pytest.raises(AnbenchError, match="alpha"):
+        load_results(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# tables: golden text and hand-computed numbers
+
+TABLES = ["base-to-new", "ablation", "noise-strategy", "training-noise", "robustness-summary"]
+
+
+@pytest.mark.parametrize("fmt", ["md", "tex", "csv"])
+@pytest.mark.parametrize("name", TABLES)
+def test_tables_match_golden(full: BuildResult, name: str, fmt: str) -> None:
+    path = full.index.parent / "tables" / f"{name}.{fmt}"
+    check_golden(path, GOLDEN / "full" / "tables" / path.name)
+
+
+def test_index_matches_golden(full: BuildResult) -> None:
+    check_golden(full.index, GOLDEN / "full" / "index.md")
+    assert not full.missing
+    assert all(o.error is None for o in full.outcomes)
+
+
+def test_average_hm_is_hm_of_averaged_base_and_new(full: BuildResult) -> None:
+    table = full.outcome("base-to-new").result.tables[0]
+    # anprompt (wsp): caltech101 base 90/92 new 80/84, dtd base 70/74 new 40/44
+    base = (91 + 72) / 2  # 81.5
+    new = (82 + 42) / 2  # 62.0
+    hm = 2 * base * new / (base + new)  # 70.4251
+    hm_of_hms = (2 * 91 * 82 / (91 + 82) + 2 * 72 * 42 / (72 + 42)) / 2  # 69.66, not wanted
+    cell = table.cell(["Average", "anprompt"], "hm")
+    assert cell.mean == pytest.approx(hm)
+    assert round(cell.mean, 2) == 70.43 and round(hm_of_hms, 2) == 69.66
+    b = table.cell(["Average", "anprompt"], "base")
+    assert (b.mean, b.n) == (pytest.approx(81.5), 2)
+    assert b.std == pytest.approx(statistics.stdev([(90 + 70) / 2, (92 + 74) / 2]))
+    # per-seed HMs of the averaged base/new give the HM's spread
+    h1, h2 = 2 * 80 * 60 / 140, 2 * 83 * 64 / 147
+    assert cell.std == pytest.approx(statistics.stdev([h1, h2]))
+    assert "70.43" in (full.index.parent / "tables" / "base-to-new.md").read_text()
+
+
+def test_per_dataset_hm_is_hm_of_seed_means(full: BuildResult) -> None:
+    table = full.outcome("base-to-new").result.tables[0]
+    cell = table.cell(["dtd", "anprompt"], "hm")
+    assert cell.mean == pytest.approx(2 * 72 * 42 / 114)
+    assert table.cell(["caltech101", "zeroshot"], "new").mean == pytest.approx(75)
+    # blocks: Average first, then datasets in paper order although dtd came first in the file
+    assert [r.block for r in table.rows][::6] == ["Average", "caltech101", "dtd"]
+
+
+def test_main_tables_show_default_training_noise(full: BuildResult) -> None:
+    table = full.outcome("base-to-new").result.tables[0]
+    methods = [r.labels[1] for r in table.rows if r.block == "Average"]
+    assert methods == ["zeroshot", "dapt", "anprompt", "anprompt-wo-nrvpp", "anprompt-wo-waloss"]
+
+
+def test_noise_strategy_values(full: BuildResult) -> None:
+    table = full.outcome("noise-strategy").result.tables[0]
+    ts = table.cell(["mask", "anprompt"], "ts")
+    # 0.2 * 0.5 + mean cell offset (0 + .001 + .002 + .003) / 4 + mean seed offset .0005
+    assert ts.mean == pytest.approx(0.102)
+    assert ts.std == pytest.approx(statistics.stdev([0.1015, 0.1025]))
+    assert table.cell(["mask", "anprompt"], "lpr").mean == pytest.approx(100 - 50 * 0.102)
+    labels = list(dict.fromkeys(r.block for r in table.rows))
+    assert labels == ["wsp (α=0.001)", "wsp (α=∞)", "drop (s=0.1)", "drop (s=0.3)", "mask"]
+
+
+def test_robustness_summary_weighs_each_perturbation_equally(full: BuildResult) -> None:
+    table = full.outcome("robustness-summary").result.tables[0]
+    # anprompt TS per setting: wsp .0005/.04, drop .025/.075, mask .1 (+ .002 mean offsets);
+    # severities/alphas are averaged within a perturbation first
+    per_perturbation = [(0.0005 + 0.04) / 2, (0.025 + 0.075) / 2, 0.1]
+    ts = sum(per_perturbation) / 3 + 0.002
+    assert table.cell(["anprompt", "3"], "ts").mean == pytest.approx(ts)
+    assert table.cell(["anprompt", "3"], "as").mean == pytest.approx(-20 * ts)
+
+
+def test_training_noise_comparison(full: BuildResult) -> None:
+    outcome = full.outcome("training-noise")
+    data = outcome.result.figures[0].data
+    assert list(zip(data["series"], data["train_noise"], strict=True)) == [
+        ("anprompt", "wsp"), ("anprompt", "drop"), ("dapt", "reference")]
+    drop = data[data["train_noise"] == "drop"]["mean"].iloc[0]
+    b, n = (89 + 70) / 2, (80 + 40) / 2
+    assert drop == pytest.approx(2 * b * n / (b + n))
+    dapt = data[data["series"] == "dapt"]["mean"].iloc[0]
+    b, n = (89 + 69) / 2, (79 + 41) / 2
+    assert dapt == pytest.approx(2 * b * n / (b + n))
+
+
+# ----------------------------------------------------------------------------------------------
+# figures: files written, and the plotted series checked from the recorded data
+
+def test_figures_are_written_with_expected_series(full: BuildResult) -> None:
+    figures = full.index.parent / "figures"
+    names = sorted(p.name for p in figures.iterdir())
+    expected = ["noise-strategy", "training-noise", "severity-drop", "alpha-wsp"]
+    for stem in expected:
+        for ext in ("png", "pdf", "data.csv"):
+            path = figures / f"{stem}.{ext}"
+            assert path.is_file() and path.stat().st_size > 0, (path, names)
+    assert len(names) == 3 * len(expected)
+
+    noise = pd.read_csv(figures / "noise-strategy.data.csv", keep_default_na=False)
+    methods = ["zeroshot", "dapt", "anprompt", "anprompt-wo-nrvpp", "anprompt-wo-waloss"]
+    for metric in ("ts", "lpr", "as"):
+        sub = noise[noise["metric"] == metric]
+        assert list(dict.fromkeys(sub["method"])) == methods
+        assert sub.groupby("method")["perturbation"].nunique().eq(5).all()
+
+    sev = full.outcome("severity-curves").result.figures
+    by_name = {f.name: f.data for f in sev}
+    drop = by_name["severity-drop"]
+    assert sorted(drop["x"].unique()) == [0.1, 0.3]
+    assert set(drop["method"]) == set(methods)
+    point = drop[(drop["method"] == "anprompt") & (drop["x"] == 0.3) & (drop["metric"] == "ts")]
+    assert point["mean"].iloc[0] == pytest.approx(0.15 * 0.5 + 0.002)
+    wsp = by_name["alpha-wsp"]
+    assert sorted(wsp["x"].unique()) == [0.001, math.inf]
+    assert wsp["x_plot"].max() == pytest.approx(0.01)  # inf drawn a decade past 0.001
+
+
+# ----------------------------------------------------------------------------------------------
+# partial and unusual results: notes, not exceptions
+
+def partial_results() -> pd.DataFrame:
+    df = synthetic_results()
+    df = df[~df["method"].str.startswith("anprompt-wo-")]  # no ablation variants at all
+    df = df[~((df["method"] == "dapt") & (df["dataset"] == "dtd"))]  # a dataset not run yet
+    lost = ((df["method"] == "anprompt") & (df["train_noise"] == "wsp") & (df["dataset"] == "dtd")
+            & (df["split"] == "new") & (df["seed"] == 2))  # one seed of one cell
+    return df[~lost]
+
+
+def test_partial_results_say_what_is_missing(tmp_path: Path) -> None:
+    result = build(tmp_path, partial_results())
+    assert all(o.error is None for o in result.outcomes)
+    ablation = result.outcome("ablation")
+    assert not ablation.files and not ablation.result.tables
+    assert "no results for anprompt-wo-nrvpp" in ablation.result.missing
+    assert any("ablation table not written" in n for n in ablation.result.notes)
+    b2n = result.outcome("base-to-new").result
+    assert "dapt: no results for dataset dtd" in b2n.missing
+    assert "anprompt: seed 2 missing for dtd/new" in b2n.missing
+    table = b2n.tables[0]
+    assert table.cell(["dtd", "dapt"], "hm") is None  # shown as a dash, not dropped
+    assert table.cell(["Average", "dapt†"], "base").mean == pytest.approx(89)
+    text = result.index.read_text()
+    assert "Partial results" in text and "dapt: no results for dataset dtd" in text
+    check_golden(result.index, GOLDEN / "partial" / "index.md")
+    check_golden(result.index.parent / "tables" / "base-to-new.md",
+                 GOLDEN / "partial" / "tables" / "base-to-new.md")
+
+
+def test_suite_without_sweep_or_perturbations(tmp_path: Path) -> None:
+    df = synthetic_results()
+    clean = df[df["eval_noise"] == "clean"]
+    result = build(tmp_path / "clean", clean)
+    for name in ("noise-strategy", "severity-curves", "robustness-summary"):
+        outcome = result.outcome(name)
+        assert outcome.result.notes and not outcome.files
+    one_setting = df[(df["eval_noise"] != "drop") | (df["severity"] == 0.3)]
+    one_setting = one_setting[(one_setting["eval_noise"] != "wsp") | (one_setting["alpha"] < 1)]
+    sev = build(tmp_path / "nosweep", one_setting).outcome("severity-curves")
+    assert not sev.files and "no severity or alpha sweep" in sev.result.notes[0]
+
+
+def test_empty_and_cross_dataset_results(tmp_path: Path) -> None:
+    empty = synthetic_results().iloc[:0]
+    index = build(tmp_path / "empty", empty).index
+    assert "no rows yet" in index.read_text()
+    cross = synthetic_results()
+    cross = cross[cross["split"] != "new"].assign(split="all")
+    result = build(tmp_path / "cross", cross, "md,png")
+    assert "no clean base/new accuracy" in result.outcome("base-to-new").result.notes[0]
+    assert result.outcome("noise-strategy").files  # perturbation metrics still reported
+
+
+def test_several_shots_settings_get_their_own_artefacts(tmp_path: Path) -> None:
+    df = synthetic_results()
+    trained = df[df["method"] != "zeroshot"].assign(shots=4)
+    result = build(tmp_path, pd.concat([df, trained]), formats="md",
+                   reports=["base-to-new", "training-noise"])
+    settings = {o.setting for o in result.outcomes}
+    assert settings == {"mini, 4 shots", "mini, 16 shots"}
+    tables = sorted(p.name for p in (tmp_path / "report" / "tables").iterdir())
+    assert "base-to-new_mini-4-shots.md" in tables and "base-to-new_mini-16-shots.md" in tables
+    figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
+    assert "training-noise_mini-4-shots.png" in figures
+    assert "[md](tables/base-to-new_mini-4-shots.md)" in result.index.read_text()
+    four = result.outcome("base-to-new", "mini, 4 shots").result.tables[0]
+    assert four.cell(["Average", "zeroshot"], "base").n == 2  # zero-shot joins every setting
+
+
+def test_build_report_returns_index_and_replaces_stale_files(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    synthetic_results().to_csv(path, index=False)
+    out = tmp_path / "report"
+    index = build_report(path, out, ["md", "csv", "png"])  # png only: keeps the test fast
+    assert index == out / "index.md" and index.is_file()
+    assert (out / "tables" / "base-to-new.csv").is_file()
+    assert not (out / "tables" / "base-to-new.tex").exists()
+    keep = out / "tables" / "mine.txt"
+    keep.write_text("user file")
+    build_report(path, out, ["tex", "png"])
+    assert not (out / "tables" / "base-to-new.csv").exists()  # stale artefact removed
+    assert (out / "tables" / "base-to-new.tex").is_file() and keep.is_file()
+
+
+def test_a_failing_report_is_recorded_not_raised(tmp_path: Path) -> None:
+    from anbench.reporting import Report, ReportContext, ReportResult
+
+    class Broken(Report):
+        title = "Broken"
+
+        def build(self, ctx: ReportContext) -> ReportResult:
+            raise RuntimeError("boom")
+
+    REPORTS.register("broken-test-report", description="fails on purpose")(Broken)
+    try:
+        path = tmp_path / "results.csv"
+        synthetic_results().to_csv(path, index=False)
+        result = build_report_info(path, tmp_path / "report", "md",
+                                   reports=["broken-test-report", "base-to-new"])
+        assert result.outcome("broken-test-report").error == "RuntimeError: boom"
+        assert result.outcome("base-to-new").files
+        assert "This report failed" in result.index.read_text()
+        with pytest.raises(AnbenchError, match="unknown report"):
+            build_report_info(path, tmp_path / "report", "md", reports=["nope"])
+    finally:
+        REPORTS._entries.pop("broken-test-report", None)

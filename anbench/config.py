@@ -53,6 +53,10 @@ class RunSection(Strict):
     cache_dir: str | None = None
     data_root: str | None = None  # root of the CoOp datasets, for datasets that read one
     quiet: bool = False
+    augment: bool = False  # train on pre-drawn augmented views (random resized crop + flip)
+    augment_views: PositiveInt = 4  # views per training image; epoch e trains on view e % V
+    prefix_cache_disk: bool = False  # also store frozen prefixes under <cache_dir>/prefix/
+    prefix_cache_memory_gb: float = Field(2.0, ge=0)  # in-memory budget, least recently used out
 
     @field_validator("methods", "noise", "train_noise", "eval_noise", "datasets", mode="before")
     @classmethod

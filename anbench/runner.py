@@ -179,6 +179,12 @@ class Runner:
         self.cache_dir = config_cache_dir(config)
         self.device = resolve_device(config.run.device)
         self._tensors: dict[tuple[str, int], Any] = {}
+        from anbench.prefix_cache import PrefixCache
+
+        run = config.run
+        self.prefix_cache = PrefixCache(
+            max_bytes=int(run.prefix_cache_memory_gb * 2**30),
+            directory=self.cache_dir / "prefix" if run.prefix_cache_disk else None)
 
     def log(self, message: str) -> None:
         tqdm.write(message)
@@ -266,6 +272,7 @@ class Runner:
         return fingerprint({
             "method": self._method_params(key).model_dump(mode="json"),
             "weights": self.backbone.weights_hash, "protocol": self.config.run.protocol,
+            "augment": self.config.run.augment_views if self.config.run.augment else None,
             "train_noise": train,
             "eval": [n.perturbation.describe(key.seed, n.severity) for n in noises],
         })
@@ -289,6 +296,14 @@ class Runner:
                                    "base-to-new or all-classes")
             transform = self.backbone.preprocess_eval
             tensors = {"train": self._to_tensor(train_space, train_space.train, transform)}
+            if self.config.run.augment:
+                from anbench.view_bank import augmented_views
+
+                subset = train_space.train
+                tensors["train_views"] = augmented_views(
+                    [train_space.load_image(item) for item, _ in subset],
+                    self.backbone.preprocess_train, self.config.run.augment_views, seed,
+                    ids=[f"{dataset}/{index}" for index in subset.indices])
             for split, space in spaces.items():
                 tensors[split] = self._to_tensor(space, space.test, transform)
             self._tensors = {cache_key: (train_space, spaces, tensors)}  # one dataset at a time
@@ -306,6 +321,7 @@ class Runner:
     def _run_cell(self, key: CellKey, cell_fingerprint: str) -> None:
         from anbench.evaluation import class_sentences, evaluate_split, result_arrays, result_rows
         from anbench.method import TaskContext
+        from anbench.prefix_cache import preprocessing_tag
 
         started = time.time()
         train_space, spaces, tensors = self._spaces(key.dataset, key.seed)
@@ -324,11 +340,16 @@ class Runner:
             templates=list(train_space.templates), seed=key.seed, device=self.device,
             train_noise=noise, train_noise_name=key.train_noise,
             train_noise_severity=noise.severities[0] if noise is not None else 0.0,
-            extra={"cache_dir": self.cache_dir, "weights_hash": self.backbone.weights_hash})
+            extra={"cache_dir": self.cache_dir, "weights_hash": self.backbone.weights_hash,
+                   "prefix_cache": self.prefix_cache,
+                   "preprocessing": preprocessing_tag(
+                       self.backbone.preprocess_train if self.config.run.augment
+                       else self.backbone.preprocess_eval)})
         train_images, train_labels = tensors["train"]
         method.setup(task, train_images, train_labels)
         trains = getattr(cls, "trains", True)
-        history = self._train(method, params, key, train_images, train_labels) if trains else []
+        fit_images = tensors.get("train_views", train_images)  # [N, V, C, H, W] with augment
+        history = self._train(method, params, key, fit_images, train_labels) if trains else []
         noises = self._noises(key.dataset)
         results = []
         for split, space in spaces.items():

@@ -155,3 +155,18 @@ def test_only_prompt_parameters_receive_gradients(adapter: BackboneAdapter):
         assert param.grad is not None and param.grad.abs().sum() > 0
     assert all(p.grad is None for p in adapter.model.parameters())
     assert not any(p.requires_grad for p in adapter.model.parameters())
+
+
+def test_trim_keeps_features(adapter: BackboneAdapter):
+    """Cutting trailing columns after the last pooled / real token changes no feature."""
+    tokens = adapter.tokenize(SENTENCES)
+    trimmed = adapter.trim(tokens)
+    assert trimmed.shape[1] < tokens.shape[1]
+    assert torch.equal(trimmed, tokens[:, :trimmed.shape[1]])
+    full = adapter.encode_text(tokens)
+    assert (adapter.encode_text(trimmed) - full).abs().max() <= 1e-5
+    prompts = _prompts(2, 3, adapter.text_width)
+    first = adapter.text_layers - 2
+    full = adapter.encode_text(tokens, prompts=prompts, first_layer=first)
+    cut = adapter.encode_text(trimmed, prompts=prompts, first_layer=first)
+    assert (cut - full).abs().max() <= 1e-5

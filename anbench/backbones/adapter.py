@@ -7,7 +7,10 @@
   later layers (ANPrompt), in both encoders,
 - insert shallow visual prompts after [CLS] (DAPT = deep prompts at layer 0, one layer long),
 - read the prompt tokens' final outputs (NRVPP),
-- run any range of blocks on given hidden states (so frozen prefixes can be computed once).
+- run any range of blocks on given hidden states (so frozen prefixes can be computed once),
+- skip the last vision block's patch outputs when only [CLS] and prompt tokens are read
+  (`head_only`, exact where the tower pools its [CLS] token), and reuse the first prompted
+  block's frozen-token query/key/value projections (`image_qkv`, `frozen_qkv`).
 
 With no prompts it reproduces `model.encode_text` / `model.encode_image` exactly. It handles the
 two text-tower layouts open_clip has: CLIP's causal tower pooled at a token position (EOT), either
@@ -65,6 +68,57 @@ def _expand(prompt: torch.Tensor, batch: int) -> torch.Tensor:
     if prompt.dim() == 3 and prompt.shape[0] in (1, batch):
         return prompt.expand(batch, -1, -1)
     raise ValueError(f"prompt must be [K, width] or [B, K, width], got {tuple(prompt.shape)}")
+
+
+def _plain_attention(block: nn.Module) -> nn.MultiheadAttention | None:
+    """The attention of an open_clip ResidualAttentionBlock whose forward `_block_pieces` may
+    re-run piece by piece (self-attention, packed in-projection, batch first), else None."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    attn = getattr(block, "attn", None)
+    if (type(block) is not ResidualAttentionBlock or hasattr(block, "ln_1_kv")
+            or not isinstance(attn, nn.MultiheadAttention) or not attn.batch_first
+            or attn.in_proj_weight is None or attn.bias_k is not None or attn.add_zero_attn):
+        return None
+    return attn
+
+
+def _block_pieces(block: nn.Module, x: torch.Tensor, keep: int | None = None,
+                  frozen_qkv: torch.Tensor | None = None, n_new: int = 0) -> torch.Tensor:
+    """`block(x)[:, :keep]` (all rows when keep is None) without computing what is not needed.
+
+    `keep`: queries, the output projection and the MLP run on the first `keep` tokens only;
+    keys and values on all. `frozen_qkv`: the in-projections of `ln_1` of x without its `n_new`
+    tokens after [CLS], computed earlier (they depend on no prompt); only the new tokens' are
+    computed here. Blocks that are not plain open_clip ones run whole and are sliced.
+    """
+    attn = _plain_attention(block)
+    if attn is None:
+        out = block(x)
+        return out if keep is None else out[:, :keep]
+    width = x.shape[-1]
+    if frozen_qkv is not None:
+        new = F.linear(block.ln_1(x[:, 1:1 + n_new]), attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = torch.cat([frozen_qkv[:, :1], new.to(frozen_qkv.dtype), frozen_qkv[:, 1:]],
+                            dim=1).chunk(3, dim=-1)
+        q = q if keep is None else q[:, :keep]
+    elif keep is None:
+        q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    else:
+        y = block.ln_1(x)
+        w_q, w_kv = attn.in_proj_weight.split([width, 2 * width])
+        b_q, b_kv = (attn.in_proj_bias.split([width, 2 * width])
+                     if attn.in_proj_bias is not None else (None, None))
+        q = F.linear(y[:, :keep], w_q, b_q)
+        k, v = F.linear(y, w_kv, b_kv).chunk(2, dim=-1)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2)
+    out = F.linear(out.flatten(2), attn.out_proj.weight, attn.out_proj.bias)
+    h = (x if keep is None else x[:, :keep]) + block.ls_1(out)
+    return h + block.ls_2(block.mlp(block.ln_2(h)))
 
 
 def _causal_mask(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -190,6 +244,25 @@ class BackboneAdapter(nn.Module):
         """Token ids of `"X X ... X {text}"`; the X slots are replaced by learnable context."""
         prefix = " ".join([placeholder] * n_ctx)
         return self.tokenize([f"{prefix} {text}" for text in texts])
+
+    def trim(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Drop trailing token columns that no sentence's output depends on.
+
+        Causal towers never let the pooled (EOT) token see later positions, and HF towers mask
+        padding out of attention and pooling, so cutting after the last pooled / real token
+        leaves every feature unchanged while running ~15 instead of 77 positions.
+        """
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            return tokens
+        if self.text_layout == "hf":
+            valid = tokens != self.pad_token_id
+            positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+            keep = int((valid.long() * positions).max())
+        else:
+            if self.text_pool == "last":  # pooled at the last column: nothing can be cut
+                return tokens
+            keep = int(self._pool_index(tokens).max()) + 1
+        return tokens[:, :max(keep, 1)]
 
     # ------------------------------------------------------------------ text
     def text_input(self, tokens: torch.Tensor, context: torch.Tensor | None = None) -> TextState:
@@ -325,14 +398,45 @@ class BackboneAdapter(nn.Module):
         return ImageState(self.visual._embeds(images.to(self.device)))
 
     def image_blocks(self, state: ImageState, start: int = 0, end: int | None = None,
-                     prompts: Prompts | None = None, first_layer: int = 0) -> ImageState:
+                     prompts: Prompts | None = None, first_layer: int = 0,
+                     head_only: bool = False,
+                     frozen_qkv: torch.Tensor | None = None) -> ImageState:
+        """Run vision blocks `start..end-1` (same features whichever options are used).
+
+        `head_only`: the tower's last block computes only the tokens `image_head` reads ([CLS]
+        and the prompt tokens; the state keeps just those) where the tower pools [CLS] (~1/6 of
+        that block). `frozen_qkv`: `image_qkv(state, start)`, precomputed; prompts must enter
+        at block `start`, which then projects only the prompt tokens (~40% less work there).
+        """
         end = self.vision_layers if end is None else end
         for layer in range(start, end):
             prompt = self._prompt_at(prompts, first_layer, layer)
+            inserted = prompt is not None and state.n_prompts == 0
             if prompt is not None:
                 state = self._with_image_prompt(state, prompt)
-            state = replace(state, x=self._vision_blocks[layer](state.x))
+            qkv = frozen_qkv if layer == start else None
+            if qkv is not None and not inserted:
+                raise ValueError("frozen_qkv needs prompts inserted at block `start`")
+            last = layer == self.vision_layers - 1
+            keep = (1 + state.n_prompts if head_only and last and self.visual.pool_type == "tok"
+                    else None)
+            block = self._vision_blocks[layer]
+            if keep is None and qkv is None:
+                x = block(state.x)
+            else:
+                x = _block_pieces(block, state.x, keep, qkv, state.n_prompts)
+            state = replace(state, x=x)
         return state
+
+    def image_qkv(self, state: ImageState, layer: int) -> torch.Tensor | None:
+        """Query/key/value in-projections of block `layer` for the un-prompted `state` (the
+        input of that block): pass them as `frozen_qkv` when prompts first enter there. None
+        where the block is not a plain open_clip one (callers then run it whole)."""
+        block = self._vision_blocks[layer]
+        attn = _plain_attention(block)
+        if attn is None or state.n_prompts:
+            return None
+        return F.linear(block.ln_1(state.x), attn.in_proj_weight, attn.in_proj_bias)
 
     def _with_image_prompt(self, state: ImageState, prompt: torch.Tensor) -> ImageState:
         prompt = _expand(prompt.to(state.x.dtype), state.x.shape[0])

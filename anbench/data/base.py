@@ -22,10 +22,8 @@ A plugin registers a `DatasetSource` subclass under a kebab-case name:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from anbench.files import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 from anbench.registry import AnbenchError
 
 Item = Any  # str | Path | PIL.Image.Image | np.ndarray
@@ -307,27 +306,6 @@ def load_packaged_descriptions(name: str, classnames: list[str]) -> dict[str, li
 
 # ----------------------------------------------------------------------------------------------
 # files
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so readers see the old content or the whole new one, never a part."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def read_json(path: Path) -> Any:

@@ -3,6 +3,7 @@ of each embedded dataset and compare base / new accuracy with zero-shot.
 
     .venv/bin/python bench/methods_mini.py                     # all methods, both datasets
     .venv/bin/python bench/methods_mini.py --methods dapt --set dapt.lr=0.01 --set dapt.epochs=30
+    .venv/bin/python bench/methods_mini.py --set backbones.mini.steps=60   # another mini build
 
 Parameters come from the resolved config (built-in defaults -> bench.yaml -> --set), exactly as
 `anbench run` resolves them for the mini backbone. Prints one line per (dataset, method) and a
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = load_config(sets=[f"methods.{s}" if not s.startswith(("methods.", "per_")) else s
+    sections = ("methods.", "backbones.", "perturbations.", "per_backbone.", "per_dataset.")
+    config = load_config(sets=[s if s.startswith(sections) else f"methods.{s}"
                                for s in args.set])
     backbone = load_backbone(config, "mini", device="cpu")
     adapter = BackboneAdapter(backbone)

@@ -22,6 +22,10 @@ from ._common import generator, init_normal_, is_images, scaled_logits
 
 
 class CoOpParams(MethodParams):
+    # Mini-backbone defaults (measured in bench/methods_mini.py); CoOp's ViT-B/16 schedule
+    # (lr 2e-3, 200 epochs at 16 shots) belongs in bench.yaml.
+    epochs: PositiveInt = 20
+    lr: float = 0.02
     n_ctx: PositiveInt = 16
     ctx_init_std: PositiveFloat = 0.02
 

@@ -51,7 +51,7 @@ class DAPTParams(CoOpParams):
     # Mini-backbone defaults (bench.yaml holds the paper's per-dataset values).
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 32
-    lr: float = 2e-3
+    lr: float = 0.02
     n_visual: PositiveInt = 16
     beta_v: NonNegativeFloat = 0.1
     beta_t: NonNegativeFloat = 0.1

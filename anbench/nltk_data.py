@@ -31,6 +31,7 @@ from pathlib import Path
 import nltk
 from filelock import FileLock
 
+from anbench.paths import cache_dir
 from anbench.registry import AnbenchError
 
 WORDNET_RESOURCE = "corpora/wordnet/"  # trailing slash: NLTK then also finds wordnet.zip
@@ -136,11 +137,6 @@ def index_sense_text(src: Path) -> str:
             n = sense_no.get((lemma, suffix, off), 0)
             lines.append(f"{key} {off} {n} {tag_cnt.get(key, 0)}\n")
     return "".join(sorted(lines))
-
-
-def cache_dir() -> Path:
-    """The anbench cache root (`$ANBENCH_CACHE`, else `~/.cache/anbench`)."""
-    return Path(os.environ.get("ANBENCH_CACHE") or Path.home() / ".cache" / "anbench")
 
 
 def nltk_cache_dir() -> Path:

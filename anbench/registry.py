@@ -74,7 +74,10 @@ class Registry(Generic[T]):
                 if not same_source:  # re-importing one module is not a clash
                     raise ValueError(f"{self.kind} '{name}' is registered twice")
             desc = description if description is not None else _first_doc_line(obj)
-            self._entries[name] = Entry(name, obj, desc, self._origin)
+            # A built-in module imported directly (before discovery) is still a built-in.
+            module = getattr(obj, "__module__", "") or ""
+            builtin = module.startswith(self.builtin_package + ".")
+            self._entries[name] = Entry(name, obj, desc, "builtin" if builtin else self._origin)
             with contextlib.suppress(AttributeError, TypeError):  # e.g. builtins, slots
                 obj.registry_name = name  # type: ignore[attr-defined]
             return obj

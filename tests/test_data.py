@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.datasets import load_digits
 
 from anbench.data import base
 from anbench.data.base import ArraySplit, LoadedDataset, PathSplit, Subset
-from anbench.data.builtin import fashion_mnist
+from anbench.data.builtin import digits, fashion_mnist
 from anbench.registry import DATASETS, AnbenchError
 
 HAVE_DEBIAN_FMNIST = fashion_mnist._find_in(fashion_mnist.DEBIAN_DIR) is not None
@@ -57,7 +58,8 @@ def test_fashion_mnist_from_data_root(tmp_path, monkeypatch, gz):
     ds = source.load(tmp_path / "cache")
     assert ds.classnames[0] == "t-shirt" and ds.num_classes == 10
     assert ds.templates[0] == "a photo of a {}."
-    assert (len(ds.train), len(ds.val), len(ds.test)) == (10100 - 5000, 5000, 20)
+    # 1,010 per class: 500 to val, then the rest is halved (the pool takes at most half)
+    assert (len(ds.train), len(ds.val), len(ds.test), len(ds.pretrain)) == (2550, 5000, 20, 2550)
     assert np.bincount(base.split_labels(ds.val)).tolist() == [500] * 10
     image = ds.load_image(ds.train[0][0])
     assert image.mode == "RGB" and image.size == (28, 28)
@@ -89,17 +91,35 @@ def test_fashion_mnist_truncated_file(tmp_path, monkeypatch):
 @pytest.mark.skipif(not HAVE_DEBIAN_FMNIST, reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_debian(tmp_path):
     ds = DATASETS.get("fashion-mnist")({"download": False}).load(tmp_path)
-    assert (len(ds.train), len(ds.val), len(ds.test)) == (55000, 5000, 10000)
+    assert (len(ds.train), len(ds.val), len(ds.test), len(ds.pretrain)) == (10000, 5000, 10000,
+                                                                           45000)
     assert ds.train.images.shape[1:] == (28, 28)
     assert np.bincount(ds.test.labels).tolist() == [1000] * 10
+    assert np.bincount(ds.train.labels).tolist() == [1000] * 10
+
+
+
+def test_fashion_mnist_splits_are_disjoint():
+    # val, the few-shot pool and the backbone's pretrain split partition the official training
+    # images, so the mini backbone never sees a few-shot image
+    labels = np.repeat(np.arange(10), 6000)
+    masks = fashion_mnist.split_masks(labels)
+    assert (masks["val"].astype(int) + masks["train"] + masks["pretrain"] == 1).all()
+    assert np.bincount(labels[masks["val"]]).tolist() == [500] * 10
+    assert np.bincount(labels[masks["train"]]).tolist() == [1000] * 10
+    again = fashion_mnist.split_masks(labels)
+    assert all(np.array_equal(masks[k], again[k]) for k in masks)
 
 
 def test_digits_split_is_stratified_and_fixed(tmp_path):
     ds = DATASETS.get("digits")().load(tmp_path)
     again = DATASETS.get("digits")().load(tmp_path)
-    assert len(ds.train) + len(ds.val) + len(ds.test) == 1797
+    assert len(ds.train) + len(ds.val) + len(ds.test) + len(ds.pretrain) == 1797
+    # the four parts partition the 1,797 images: the pretrain split shares none with the others
+    parts = digits.stratified_split(load_digits().target)
+    assert np.array_equal(np.sort(np.concatenate(list(parts.values()))), np.arange(1797))
     assert np.array_equal(ds.test.images, again.test.images)
-    for split, fraction in ((ds.test, 0.3), (ds.val, 0.1)):
+    for split, fraction in ((ds.test, 0.3), (ds.val, 0.1), (ds.train, 0.25), (ds.pretrain, 0.35)):
         counts = np.bincount(split.labels, minlength=10)
         assert all(abs(c - fraction * 180) <= 2 for c in counts)
     assert ds.train.images.dtype == np.uint8 and ds.train.images.max() == 255
@@ -111,8 +131,6 @@ def test_digits_split_is_stratified_and_fixed(tmp_path):
 
 @pytest.mark.parametrize("name", ["fashion-mnist", "digits"])
 def test_shipped_descriptions(name):
-    from anbench.data.builtin import digits
-
     classnames = {"fashion-mnist": fashion_mnist.CLASSNAMES, "digits": digits.CLASSNAMES}[name]
     descriptions = base.load_packaged_descriptions(name, classnames)
     assert set(descriptions) == set(classnames)

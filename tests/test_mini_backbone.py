@@ -8,6 +8,7 @@ checks the >= 80% zero-shot accuracy the README reports.
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
@@ -72,7 +73,11 @@ def test_training_is_deterministic_and_learns(cache, tiny_data):
     assert torch.get_num_threads() == before
     state_a, state_b = _state(model_a), _state(model_b)
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-    assert np.mean(losses_a[-5:]) < 0.9 * np.mean(losses_a[:5])  # the loss goes down
+    # the loss goes down towards its floor, the entropy of the weighted caption targets
+    w = tiny_data.caption_weight
+    entropy = np.bincount(tiny_data.caption_class, weights=-w * np.log(w))
+    floor = float(np.mean(entropy[tiny_data.labels]))
+    assert np.mean(losses_a[-5:]) - floor < 0.9 * (np.mean(losses_a[:5]) - floor)
     assert log["steps"] == 60 and log["final_loss"] < log["first_loss"]
     other, _ = mini_train.train(params.model_copy(update={"seed": 1}), cache, progress=False,
                                 data=tiny_data)
@@ -96,9 +101,59 @@ def test_digits_are_repeated(cache):
 def test_captions_cover_every_class_without_descriptions(cache, tiny_data):
     digits = DATASETS.get("digits")().load(cache)
     assert sorted(set(tiny_data.caption_class.tolist())) == list(range(10))
-    assert "a photo of the digit three." in tiny_data.captions  # the dataset's own template
+    # by default the captions name classes with aliases, never the benchmark's class names
+    assert "a photo of the digit 3." in tiny_data.captions  # the dataset's own template
+    assert not any("three" in c for c in tiny_data.captions)
     described = {s for sentences in digits.descriptions.values() for s in sentences}
     assert described and not described & set(tiny_data.captions)  # descriptions stay held out
+
+
+def test_trains_on_the_pretrain_split_only(cache, tiny_data):
+    # the tower never sees the few-shot pool (train), val or test images
+    digits = DATASETS.get("digits")().load(cache)
+    resized = mini_train.grey_images(digits.pretrain, digits.load_image, TINY["image_size"])
+    assert np.array_equal(tiny_data.images, resized)
+    assert np.array_equal(tiny_data.labels, digits.pretrain.labels)
+    assert tiny_data.datasets[0]["images"] == len(digits.pretrain) != len(digits.train)
+
+
+def test_caption_weights_split_between_class_names_and_aliases(cache):
+    share = 0.3
+    data = mini_train.training_data(MiniParams(**{**TINY, "alias_share": share}), cache)
+    weights = np.bincount(data.caption_class, weights=data.caption_weight)
+    assert np.allclose(weights, 1.0)  # every class's caption weights sum to 1
+    three = data.caption_class == 3
+    named = np.array(["three" in c for c in data.captions])
+    assert np.isclose(data.caption_weight[three & named].sum(), 1 - share)
+    captions = np.array(data.captions)
+    aliased = captions[three & ~named].tolist()
+    assert "a photo of the digit 3." in aliased and "a handwritten digit numeral 3." in aliased
+    only_names = mini_train.training_data(MiniParams(**{**TINY, "alias_share": 0.0}), cache)
+    assert not any("numeral" in c for c in only_names.captions)
+    assert mini_train.cache_path(MiniParams(**{**TINY, "alias_share": share}), cache) != \
+        mini_train.cache_path(MiniParams(**{**TINY, "alias_share": 0.0}), cache)
+
+
+def test_caption_loss_by_hand():
+    # two captions of class 0 (weights 0.75 / 0.25) and one of class 1 (weight 1)
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.5, 1.5, -1.0]])
+    labels = torch.tensor([0, 1])
+    caption_class = torch.tensor([0, 0, 1])
+    caption_weight = torch.tensor([0.75, 0.25, 1.0])
+
+    def log_softmax(row: list[float], i: int) -> float:
+        return row[i] - math.log(sum(math.exp(v) for v in row))
+
+    first = -(0.75 * log_softmax([2.0, 0.0, 1.0], 0) + 0.25 * log_softmax([2.0, 0.0, 1.0], 1))
+    second = -log_softmax([0.5, 1.5, -1.0], 2)
+    expected = (first + second) / 2
+    loss = mini_train.caption_loss(logits, labels, caption_class, caption_weight)
+    assert math.isclose(float(loss), expected, rel_tol=1e-6)
+
+
+def test_missing_aliases_is_a_clear_error(monkeypatch):
+    with pytest.raises(AnbenchError, match="alias_share=0"):
+        mini_train.class_aliases("no-such-dataset", ["a"])
 
 
 def test_grey_pipeline_matches_preprocess_eval(cache, loaded):

@@ -177,7 +177,9 @@ class LoadedDataset:
     `"a photo of a {}, a type of pet."`; the rest are alternatives (used by `wsp` as
     semantically equivalent sentences). `descriptions` maps a class name to hand-written or
     generated sentences about it (may be empty for a class). `info` carries provenance
-    (where the files were read from).
+    (where the files were read from). `pretrain`, where a dataset has one, holds images reserved
+    for building a backbone (the embedded `mini`): disjoint from train, val and test, never
+    seen by the protocols, so few-shot training images are new to a backbone built on it.
     """
 
     name: str
@@ -188,6 +190,7 @@ class LoadedDataset:
     val: Split
     test: Split
     info: dict[str, Any] = field(default_factory=dict)
+    pretrain: Split | None = None
     image_loader: Callable[[Item], Image.Image] = load_image
 
     def __post_init__(self) -> None:

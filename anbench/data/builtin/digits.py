@@ -2,7 +2,8 @@
 
 The 8x8 images (values 0..16) are stored as `uint8` (0..255, bright ink on black, like MNIST);
 backbones resize them with their own preprocessing. Split deterministically and stratified per
-class: 30% test, 10% val, the rest train.
+class: 30% test, 10% val, 25% train (the few-shot pool) and the rest (35%) `pretrain`, which only
+the `mini` backbone is built on, so few-shot images are new to it.
 """
 
 from __future__ import annotations
@@ -30,22 +31,26 @@ TEMPLATES = [
 ]
 TEST_FRACTION = 0.3
 VAL_FRACTION = 0.1
+TRAIN_FRACTION = 0.25
 SPLIT_SEED = 20_250_806
 
 
 def stratified_split(labels: np.ndarray, seed: int = SPLIT_SEED,
                      test_fraction: float = TEST_FRACTION,
-                     val_fraction: float = VAL_FRACTION) -> dict[str, np.ndarray]:
-    """Index arrays for train / val / test, stratified per class, fixed by `seed`."""
+                     val_fraction: float = VAL_FRACTION,
+                     train_fraction: float = TRAIN_FRACTION) -> dict[str, np.ndarray]:
+    """Index arrays for test / val / train / pretrain, stratified per class, fixed by `seed`."""
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": [], "pretrain": []}
     for label in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == label))
         n_test = int(round(len(idx) * test_fraction))
         n_val = int(round(len(idx) * val_fraction))
+        n_train = int(round(len(idx) * train_fraction))
         parts["test"].append(idx[:n_test])
         parts["val"].append(idx[n_test:n_test + n_val])
-        parts["train"].append(idx[n_test + n_val:])
+        parts["train"].append(idx[n_test + n_val:n_test + n_val + n_train])
+        parts["pretrain"].append(idx[n_test + n_val + n_train:])
     return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
 
 
@@ -84,6 +89,7 @@ class Digits(DatasetSource):
             train=ArraySplit(images[parts["train"]], labels[parts["train"]]),
             val=ArraySplit(images[parts["val"]], labels[parts["val"]]),
             test=ArraySplit(images[parts["test"]], labels[parts["test"]]),
+            pretrain=ArraySplit(images[parts["pretrain"]], labels[parts["pretrain"]]),
             info={"source": "sklearn.datasets.load_digits", "image_size": 8,
                   "license": "CC BY 4.0 (UCI optical recognition of handwritten digits)"},
         )

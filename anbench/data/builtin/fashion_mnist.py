@@ -2,8 +2,9 @@
 
 Read from the IDX files of Debian's `dataset-fashion-mnist` (`/usr/share/datasets/fashion-mnist`),
 from `data_root`, or from a torchvision download in the cache (with internet). The official
-60,000 training images are split deterministically into train (55,000) and val (5,000, 500 per
-class); test is the official 10,000.
+60,000 training images are split deterministically into val (5,000, 500 per class), train
+(10,000, 1,000 per class: the few-shot pool) and `pretrain` (the other 45,000), which only the
+`mini` backbone is built on, so few-shot images are new to it; test is the official 10,000.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ TEMPLATES = [
     "a small grey picture of a {}.",
 ]
 VAL_PER_CLASS = 500
+TRAIN_PER_CLASS = 1000
 SPLIT_SEED = 20_250_806  # fixed: the train/val split is part of the dataset's definition
 FIX = ("install it with `sudo apt-get install dataset-fashion-mnist`, or run once with internet "
        "access to download it, or pass data_root=<folder with the four IDX files>")
@@ -82,6 +84,15 @@ def stratified_holdout(labels: np.ndarray, per_class: int, seed: int) -> np.ndar
         take = min(per_class, len(idx) // 2)
         mask[np.sort(rng.choice(idx, size=take, replace=False))] = True
     return mask
+
+
+def split_masks(train_labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Disjoint boolean masks over the official training images: val, train, pretrain."""
+    val = stratified_holdout(train_labels, VAL_PER_CLASS, SPLIT_SEED)
+    rest = np.flatnonzero(~val)
+    train = np.zeros(len(train_labels), dtype=bool)
+    train[rest[stratified_holdout(train_labels[rest], TRAIN_PER_CLASS, SPLIT_SEED + 1)]] = True
+    return {"val": val, "train": train, "pretrain": ~(val | train)}
 
 
 @DATASETS.register("fashion-mnist", description="Fashion-MNIST, 10 clothing classes, 28 px "
@@ -135,7 +146,7 @@ class FashionMNIST(DatasetSource):
         if len(train_x) != len(train_y) or len(test_x) != len(test_y):
             raise AnbenchError(f"Fashion-MNIST files in {found['train_images'].parent} disagree "
                                "in length")
-        val_mask = stratified_holdout(train_y, VAL_PER_CLASS, SPLIT_SEED)
+        masks = split_masks(train_y)
         descriptions = self._descriptions(
             CLASSNAMES, load_packaged_descriptions("fashion-mnist", CLASSNAMES))
         return LoadedDataset(
@@ -143,9 +154,10 @@ class FashionMNIST(DatasetSource):
             classnames=list(CLASSNAMES),
             templates=list(TEMPLATES),
             descriptions=descriptions,
-            train=ArraySplit(train_x[~val_mask], train_y[~val_mask]),
-            val=ArraySplit(train_x[val_mask], train_y[val_mask]),
+            train=ArraySplit(train_x[masks["train"]], train_y[masks["train"]]),
+            val=ArraySplit(train_x[masks["val"]], train_y[masks["val"]]),
             test=ArraySplit(test_x, test_y),
+            pretrain=ArraySplit(train_x[masks["pretrain"]], train_y[masks["pretrain"]]),
             info={"source": str(found["train_images"].parent), "image_size": 28,
                   "license": "MIT (Zalando Research)"},
         )

@@ -29,6 +29,9 @@ class MethodParams(BaseModel):
     """Optimisation settings every method has; methods subclass this with their own fields."""
 
     model_config = ConfigDict(extra="forbid")
+    # Fields that change only speed or memory, never what is computed: a cell's fingerprint
+    # leaves them out, so toggling one does not redo finished cells.
+    speed_only: ClassVar[frozenset[str]] = frozenset()
 
     epochs: PositiveInt = 10
     batch_size: PositiveInt = 32

@@ -269,8 +269,9 @@ class Runner:
         noises = self._noises(key.dataset)
         train = (eval_perturbation(self.config, key.train_noise, key.dataset).describe(key.seed)
                  if key.train_noise != "none" else None)
+        params = self._method_params(key)
         return fingerprint({
-            "method": self._method_params(key).model_dump(mode="json"),
+            "method": params.model_dump(mode="json", exclude=set(params.speed_only)),
             "weights": self.backbone.weights_hash, "protocol": self.config.run.protocol,
             "augment": self.config.run.augment_views if self.config.run.augment else None,
             "train_noise": train,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,7 @@ from ._common import (
 
 
 class ANPromptParams(MethodParams):
+    speed_only: ClassVar[frozenset[str]] = frozenset({"cache_prefix", "frozen_qkv"})
     # Optimiser of the authors' code: AdamW lr 1e-3, batch 4, 10 epochs, cosine, 1 warm-up epoch.
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 1e-3

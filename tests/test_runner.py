@@ -82,6 +82,18 @@ def test_rerun_skips_complete_cells(finished: Path):
     proc = anbench(*tiny_run(finished.parent), cwd=REPO)
     assert "0 cells run, 5 already complete" in proc.stderr + proc.stdout
     assert {m: m.stat().st_mtime_ns for m in markers} == before
+    # switches that only change speed do not redo finished cells
+    proc = anbench(*tiny_run(finished.parent), "--set", "methods.anprompt.cache_prefix=false",
+                   "--set", "methods.anprompt.frozen_qkv=false", cwd=REPO)
+    assert "0 cells run, 5 already complete" in proc.stderr + proc.stdout
+    assert {m: m.stat().st_mtime_ns for m in markers} == before
+
+
+def test_changed_method_params_redo_cells(tmp_path: Path):
+    anbench(*tiny_run(tmp_path, methods="coop", noise="drop"), cwd=REPO)
+    proc = anbench(*tiny_run(tmp_path, "--set", "methods.coop.lr=0.01", methods="coop",
+                             noise="drop"), cwd=REPO)
+    assert "1 cells run, 0 already complete" in proc.stderr + proc.stdout
 
 
 def test_dry_run_lists_cells_without_training(tmp_path: Path):

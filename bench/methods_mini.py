@@ -26,6 +26,7 @@ from anbench.backbones.loading import config_cache_dir, load_backbone
 from anbench.config import load_config
 from anbench.data.loading import dataset_source
 from anbench.data.protocols import base_to_new
+from anbench.evaluation import class_sentences, encode_images
 from anbench.method import Method, TaskContext
 from anbench.perturbation import build_perturbation
 from anbench.registry import METHODS
@@ -49,8 +50,7 @@ def _tensors(space: Any, subset: Any, transform: Any, limit: int | None = None
 def accuracy(method: Method, images: torch.Tensor, labels: torch.Tensor, sentences: list[str],
              split: str) -> float:
     method.eval()
-    parts = [method.encode_images(images[i:i + 512]) for i in range(0, len(images), 512)]
-    features = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    features = encode_images(method, images)
     logits = method.logits(features, method.class_features(sentences), split)
     return 100.0 * float((logits.argmax(-1).cpu() == labels).float().mean())
 
@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 params = config.plugin_params("methods", name, backbone="mini", dataset=dataset)
                 method = cls(params, adapter)
                 noise = build_perturbation(args.noise) if cls.takes_train_noise else None
-                sentences = {s: [sp.template.format(n) for n in sp.classnames]
-                             if params.class_sentence == "template"
-                             else [f"{n}." for n in sp.classnames]
+                sentences = {s: class_sentences(method, list(sp.classnames), sp.template)
                              for s, sp in (("base", base), ("new", new))}
                 task = TaskContext(
                     dataset=dataset, classnames=list(base.classnames),

@@ -318,6 +318,7 @@ def class_aliases(dataset: str, classnames: list[str]) -> dict[str, list[str]]:
 
 
 def training_data(params: MiniParams, cache_dir: Path) -> TrainingData:
+    from anbench.data.base import split_labels
     from anbench.registry import DATASETS
 
     images, labels, repeats = [], [], []
@@ -328,8 +329,6 @@ def training_data(params: MiniParams, cache_dir: Path) -> TrainingData:
     offset = 0
     for name in params.datasets:
         dataset = DATASETS.get(name)().load(Path(cache_dir))
-        from anbench.data.base import split_labels
-
         # The `pretrain` split where the dataset has one: disjoint from the few-shot pool, so the
         # prompts train on images the tower has never seen (as with CLIP on the paper's data).
         split = dataset.pretrain if dataset.pretrain is not None else dataset.train

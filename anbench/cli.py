@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from enum import StrEnum
@@ -144,15 +145,63 @@ def report(
 ) -> None:
     """Regenerate paper-style tables and figures from stored results (no model is loaded)."""
     from anbench.reporting import build_report
+    from anbench.store import SuiteStore
 
-    cfg = _config(config, set_, plugin)
-    root = (out or Path(cfg.run.out)) / (suite or cfg.run.suite)
-    results = root / "results.csv"
+    store = SuiteStore(_suite_root(_config(config, set_, plugin), suite, out))
+    results = store.results_path
     if not results.is_file():
         raise AnbenchError(f"no results at {results}; run `anbench run` first")
     formats = [part.strip() for part in format_.split(",") if part.strip()]
-    index = build_report(results, root / "report", formats)
+    index = build_report(results, store.root / "report", formats)
     typer.echo(f"report written: {index}")
+    _echo_stale(store, err=True)
+
+
+def _suite_root(cfg, suite: str | None, out: Path | None) -> Path:
+    from pydantic import ValidationError
+
+    from anbench.config import RunSection, _format_validation
+
+    if suite is not None:  # the same plain-name rule as `run`
+        try:
+            RunSection(suite=suite)
+        except ValidationError as exc:
+            message = _format_validation(exc, "--suite")
+            raise AnbenchError(message.replace("'--suite.suite'", "'--suite'")) from None
+    return (out or Path(cfg.run.out)) / (suite or cfg.run.suite)
+
+
+def _echo_stale(store, err: bool = False) -> None:
+    stale = store.stale_cells()
+    damaged = [c for c in store.stored_cells() if not c.intact]
+    for cell in stale:
+        typer.echo(f"stale: {cell.directory.relative_to(store.root)} (other settings; not in "
+                   "results.csv)", err=err)
+    for cell in damaged:
+        typer.echo(f"damaged: {cell.directory.relative_to(store.root)} ({cell.problem})",
+                   err=err)
+    if stale or damaged:
+        typer.echo(f"{len(stale)} stale, {len(damaged)} damaged cells; `anbench prune --suite "
+                   f"{store.root.name}` removes them", err=err)
+
+
+@app.command()
+def prune(
+    suite: Annotated[str | None, typer.Option(help="Suite name.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results directory.")] = None,
+    config: ConfigOpt = None, set_: SetOpt = None, plugin: PluginOpt = None,
+) -> None:
+    """Delete a suite's stale, damaged and unfinished cells (those not in results.csv)."""
+    from anbench.store import SuiteStore
+
+    store = SuiteStore(_suite_root(_config(config, set_, plugin), suite, out))
+    if not store.results_path.is_file():
+        raise AnbenchError(f"no results at {store.results_path}: nothing says which cells are "
+                           "current; run `anbench run` first")
+    removed = store.prune()
+    for path in removed:
+        typer.echo(f"removed {path.relative_to(store.root)}")
+    typer.echo(f"{len(removed)} cell folders removed; results.csv unchanged")
 
 
 @app.command()
@@ -164,13 +213,17 @@ def perturb(
     config: ConfigOpt = None, set_: SetOpt = None, plugin: PluginOpt = None,
 ) -> None:
     """Print what each perturbation makes of a sentence."""
-    from anbench.perturbation import preview
+    from anbench.backbones.loading import backbone_source
+    from anbench.perturbation import backbone_mask_token, preview
 
     cfg = _config(config, set_, plugin)
     names = None if noise == "all" else [n.strip() for n in noise.split(",") if n.strip()]
     names_all = names if names is not None else PERTURBATIONS.names()
     params = {name: cfg.plugin_params("perturbations", name) for name in names_all}
-    for name, severity, output in preview(text, names_all, seed, class_name, params=params):
+    # Mask with the token a run on the configured backbone uses (its tokenizer's).
+    mask_token = backbone_mask_token(backbone_source(cfg, cfg.run.backbone))
+    for name, severity, output in preview(text, names_all, seed, class_name, mask_token,
+                                          params=params):
         typer.echo(f"{name:<10} severity={severity:g}  {output}")
 
 
@@ -188,15 +241,43 @@ def backbone_build(
     typer.echo(f"{loaded.name}: {loaded.label}; weights {loaded.weights_hash}")
 
 
+# Failures of the machine rather than of the input: a clear line and exit status 1.
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device",
+               errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "the file system is read-only",
+               errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
+
+
 def main() -> None:
+    from anbench import interrupts
+
+    interrupts.install()
     try:
-        app()
+        # Not standalone: click would turn Ctrl-C into "Aborted!" with exit status 1.
+        code = app(standalone_mode=False)
     except AnbenchError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except typer.exceptions.TyperException as exc:  # usage errors: click's own message
+        if not hasattr(exc, "show"):
+            raise
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", 2))
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: cannot write{where}: {DISK_ERRORS[exc.errno]}; finished cells "
+                   "are kept", err=True)
+        sys.exit(1)
+    if interrupts.received():  # Ctrl-C whose exception was swallowed somewhere
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,20 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from anbench.registry import REGISTRIES, AnbenchError, load_plugin
 
@@ -29,6 +38,12 @@ SECTION_REGISTRY = {
 
 class ConfigError(AnbenchError):
     pass
+
+
+# A suite name is one folder under `out`: no separators, no `..`, no hidden or empty names.
+SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# numpy's and torch's seed ranges meet at 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
 
 
 class Strict(BaseModel):
@@ -65,6 +80,24 @@ class RunSection(Strict):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("suite")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not SUITE_NAME.fullmatch(value) or ".." in value:
+            raise ValueError(f"'{value}' is not a plain name (letters, digits, '-', '_', '.'; "
+                             "no separators, no '..', not empty)")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_range(cls, value: list[int]) -> list[int]:
+        for seed in value:
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"seed {seed} is outside 0 .. {MAX_SEED}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a seed is listed twice: {value}")
+        return value
+
 
 class Overrides(Strict):
     """Per-backbone or per-dataset parameter overrides, by plugin section."""
@@ -82,6 +115,9 @@ class BenchConfig(Strict):
     datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     per_backbone: dict[str, Overrides] = Field(default_factory=dict)
     per_dataset: dict[str, Overrides] = Field(default_factory=dict)
+    # Plugin parameters given on the command line (`--set methods.x.k=v`): they beat every file
+    # layer, including the per_backbone / per_dataset blocks of bench.yaml.
+    _cli: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     def plugin_params(self, section: str, name: str, *, backbone: str | None = None,
                       dataset: str | None = None) -> Any:
@@ -97,6 +133,9 @@ class BenchConfig(Strict):
                 if extra:
                     raw.update(extra)
                     path = f"{scope}.{key}.{section}.{name}"
+        command_line = self._cli.get(section, {}).get(name)
+        if isinstance(command_line, dict) and command_line:
+            raw.update(command_line)
         return _validate_params(cls, raw, path)
 
 
@@ -116,7 +155,7 @@ def _format_validation(exc: ValidationError, prefix: str = "") -> str:
     error = exc.errors()[0]
     loc = ".".join(str(part) for part in error["loc"])
     where = ".".join(part for part in (prefix, loc) if part)
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     return f"config error at '{where}': {message}"
@@ -134,7 +173,9 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text (binary file?)") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     try:
@@ -193,12 +234,22 @@ def load_config(config_file: Path | None = None, sets: list[str] | None = None,
         raw = deep_merge(raw, read_yaml(base))
     if config_file is not None:
         raw = deep_merge(raw, read_yaml(config_file))
+    command_line: dict[str, Any] = {}
     for assignment in sets or []:
-        raw = deep_merge(raw, parse_set(assignment))
+        update = parse_set(assignment)
+        (top, value), = update.items()
+        if top in BenchConfig.model_fields and top != "plugins" and not isinstance(value, dict):
+            # A scalar here would be silently replaced by any later `--set top.key=...`.
+            raise ConfigError(f"config error at '{top}': a section of keys, not a value "
+                              f"(use --set {top}.KEY=VALUE)")
+        command_line = deep_merge(command_line, update)
+    raw = deep_merge(raw, command_line)
     try:
         config = BenchConfig(**raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc)) from None
+    config._cli = {section: value for section, value in command_line.items()
+                   if section in SECTION_REGISTRY and isinstance(value, dict)}
     for plugin in [*config.plugins, *(extra_plugins or [])]:
         load_plugin(plugin)
     validate_plugin_sections(config)
@@ -213,8 +264,13 @@ def validate_plugin_sections(config: BenchConfig) -> None:
                 raise ConfigError(f"config error at '{section}.{name}': unknown "
                                   f"{registry.kind}; known: {', '.join(registry.names())}")
             config.plugin_params(section, name)
-    for scope in ("per_backbone", "per_dataset"):
+    for scope, kind in (("per_backbone", "backbones"), ("per_dataset", "datasets")):
         for key, overrides in getattr(config, scope).items():
+            if key not in REGISTRIES[kind]:
+                raise ConfigError(
+                    f"config error at '{scope}.{key}': no {REGISTRIES[kind].kind} is called "
+                    f"'{key}', so this override can never apply; known: "
+                    f"{', '.join(REGISTRIES[kind].names())}")
             for section in ("methods", "perturbations"):
                 registry = REGISTRIES[section]
                 for name in getattr(overrides, section):

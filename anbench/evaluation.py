@@ -78,7 +78,9 @@ def encode_images(method: Method, images: torch.Tensor, batch_size: int = 256
 def evaluate_split(method: Method, split: str, images: torch.Tensor, labels: torch.Tensor,
                    classnames: list[str], template: str, templates: list[str],
                    descriptions: dict[str, list[str]], noises: list[EvalNoise], seed: int,
-                   dataset: str) -> SplitResult:
+                   dataset: str, all_classnames: list[str] | None = None) -> SplitResult:
+    """`all_classnames`: every class name of the dataset (base and new), none of which a
+    perturbation may write into a sentence; default this split's."""
     method.eval()
     features = encode_images(method, images)
     sentences = class_sentences(method, classnames, template)
@@ -89,7 +91,8 @@ def evaluate_split(method: Method, split: str, images: torch.Tensor, labels: tor
                          clean_text.cpu().numpy())
     mask_token = method.adapter.mask_token
     contexts = [make_context(sentence, name, index, descriptions=descriptions.get(name, []),
-                             templates=templates, mask_token=mask_token)
+                             templates=templates, mask_token=mask_token,
+                             class_names=all_classnames or classnames)
                 for index, (sentence, name) in enumerate(zip(sentences, classnames, strict=True))]
     # Item ids name the class, not the split or method: every method sees the same noisy text.
     item_ids = [f"{dataset}/{name}" for name in classnames]

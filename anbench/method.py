@@ -40,7 +40,8 @@ class MethodParams(BaseModel):
     weight_decay: float = 5e-4
     momentum: float = 0.9
     warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
+    warmup_lr: float = 1e-5  # Dassl's WARMUP_CONS_LR (constant) / WARMUP_MIN_LR (linear)
+    warmup_type: Literal["constant", "linear"] = "constant"  # Dassl's WARMUP_TYPE
     # The sentence each class is written as: the dataset template ("a photo of a {}.") or the
     # bare class name ("{}." as in CoOp/DAPT's official prompt).
     class_sentence: Literal["template", "name"] = "template"

@@ -6,6 +6,9 @@ Accuracies and LPR are percentages; AS is in percentage points.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -50,3 +53,34 @@ def harmonic_mean(base: float, new: float) -> float:
     if base + new == 0:
         return 0.0
     return 2.0 * base * new / (base + new)
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How a metric reads: the one declaration every table, figure and note uses."""
+
+    key: str  # the `metric` value in results.csv
+    symbol: str  # short name in table headers
+    label: str  # axis label, with its unit
+    unit: str  # "%", "pp" (percentage points) or "" (a ratio)
+    better: Literal["higher", "lower"]  # which direction is more accurate / more robust
+    digits: int  # decimals shown in tables
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.better == "higher" else "↓"
+
+    def header(self, prefix: str = "") -> str:
+        """Table header: 'LPR (%) ↑'; with prefix 'Mean ': 'Mean LPR (%) ↑'."""
+        unit = f" ({self.unit})" if self.unit else ""
+        return f"{prefix}{self.symbol}{unit} {self.arrow}"
+
+
+METRICS: dict[str, MetricInfo] = {m.key: m for m in (
+    MetricInfo("acc", "Acc", "Accuracy (%)", "%", "higher", 2),
+    MetricInfo("hm", "HM", "HM of base/new accuracy (%)", "%", "higher", 2),
+    MetricInfo("ts", "TS", "Text shift (1 − cos)", "", "lower", 4),
+    MetricInfo("lpr", "LPR", "LPR (%)", "%", "higher", 2),
+    # AS = Acc(perturbed) - Acc(clean): closer to zero from below is more robust
+    MetricInfo("as", "AS", "Accuracy shift (pp)", "pp", "higher", 2),
+)}

@@ -21,8 +21,6 @@ Writing one (see examples/plugins/typo_noise.py)::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -33,13 +31,15 @@ import numpy as np
 import pydantic
 from pydantic import ConfigDict, Field, field_serializer, field_validator
 
+from anbench.hashing import json_digest
 from anbench.registry import PERTURBATIONS, AnbenchError
+from anbench.seeds import numpy_rng
 
 if TYPE_CHECKING:  # torch is imported lazily: listing perturbations should not pay for it
     import torch
 
-#: Used when the backbone's tokenizer has no mask/unknown token (CLIP's BPE has neither).
-DEFAULT_MASK_TOKEN = "[MASK]"
+#: What a run masks with when the backbone's tokenizer has no mask token (CLIP's BPE has none).
+DEFAULT_MASK_TOKEN = "<mask>"
 
 #: Templates that stand in for a dataset's when `preview` has no dataset (wsp alternatives).
 GENERIC_TEMPLATES: tuple[str, ...] = (
@@ -114,12 +114,15 @@ class TextContext:
 
     `alternatives` are semantically equivalent sentences of the SAME class only (its other
     descriptions, then other templates filled with its name); `wsp` draws from them.
+    `class_names` are every class name of the label space (this class's included), so a
+    perturbation that writes new words can avoid writing a class name; empty when unknown.
     """
 
     class_name: str
     class_index: int = 0
     alternatives: list[str] = field(default_factory=list)
     mask_token: str = DEFAULT_MASK_TOKEN
+    class_names: list[str] = field(default_factory=list)
 
 
 class Perturbation:
@@ -169,8 +172,7 @@ class Perturbation:
 
     def fingerprint(self, seed: int, severity: float | None = None) -> str:
         """Short stable key of `describe` (for cache and result keys)."""
-        blob = json.dumps(self.describe(seed, severity), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return json_digest(self.describe(seed, severity))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
@@ -182,11 +184,8 @@ def _severity_key(severity: float) -> str:
 
 
 def derive_rng(seed: int, name: str, severity: float, item_id: str) -> np.random.Generator:
-    """A Generator that depends only on its arguments (sha256, not Python's salted hash())."""
-    key = json.dumps([int(seed), str(name), _severity_key(severity), str(item_id)])
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
-    words = np.frombuffer(digest, dtype="<u4").tolist()
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(words)))
+    """A Generator that depends only on its arguments (see `anbench.seeds`)."""
+    return numpy_rng(int(seed), str(name), _severity_key(severity), str(item_id))
 
 
 def apply(p: Perturbation, texts: Sequence[str], contexts: Sequence[TextContext],
@@ -225,9 +224,7 @@ def mix_features(clean: torch.Tensor, noisy: torch.Tensor, alpha: float) -> torc
 def build_perturbation(name: str,
                        params: dict[str, Any] | PerturbationParams | None = None) -> Perturbation:
     """Instantiate a registered perturbation with validated parameters."""
-    cls = PERTURBATIONS.get(name)
-    if not (isinstance(cls, type) and issubclass(cls, Perturbation)):
-        raise AnbenchError(f"perturbation '{name}' is not a Perturbation subclass")
+    cls = PERTURBATIONS.get(name)  # a Perturbation subclass: the registry checks that
     if isinstance(params, PerturbationParams):
         return cls(params)
     try:
@@ -367,9 +364,11 @@ def contains_class_name(text: str, class_name: str) -> bool:
 
 def make_context(text: str, class_name: str, class_index: int = 0,
                  descriptions: Sequence[str] = (), templates: Sequence[str] = (),
-                 mask_token: str | None = None) -> TextContext:
+                 mask_token: str | None = None,
+                 class_names: Sequence[str] = ()) -> TextContext:
     """Context for `text` of one class: alternatives are that class's other descriptions, then
-    the other templates filled with its name (never sentences of another class)."""
+    the other templates filled with its name (never sentences of another class); `class_names`
+    are all the label space's class names."""
     seen = {text.strip().lower()}
     alternatives = []
     for cand in [*descriptions, *(t.format(class_name) for t in templates)]:
@@ -377,16 +376,32 @@ def make_context(text: str, class_name: str, class_index: int = 0,
         if key not in seen:
             seen.add(key)
             alternatives.append(cand)
-    return TextContext(class_name, class_index, alternatives, mask_token or DEFAULT_MASK_TOKEN)
+    return TextContext(class_name, class_index, alternatives, mask_token or DEFAULT_MASK_TOKEN,
+                       list(class_names))
 
 
 def mask_token_for(tokenizer: Any) -> str:
-    """The tokenizer's mask token, else its unknown token, else DEFAULT_MASK_TOKEN."""
-    for attr in ("mask_token", "unk_token"):
-        tok = getattr(tokenizer, attr, None)
-        if isinstance(tok, str) and tok:
-            return tok
-    return DEFAULT_MASK_TOKEN
+    """The mask token a run uses with a backbone's (open_clip) tokenizer: the mask token of the
+    Hugging Face tokenizer it wraps (`.tokenizer`; "[MASK]" for the mini backbone's MiniLM),
+    else DEFAULT_MASK_TOKEN (CLIP's BPE tokenizer wraps none)."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    token = getattr(inner, "mask_token", None)
+    return token if isinstance(token, str) and token else DEFAULT_MASK_TOKEN
+
+
+def backbone_mask_token(backbone: Any) -> str:
+    """The mask token a run on `backbone` (a backbone plugin instance, e.g. from
+    `anbench.backbones.loading.backbone_source`) masks with, without loading its weights: from
+    the plugin's `tokenizer()`. DEFAULT_MASK_TOKEN when the plugin offers no tokenizer or it
+    cannot be built here (a preview must not need the backbone's files)."""
+    make = getattr(backbone, "tokenizer", None)
+    if not callable(make):
+        return DEFAULT_MASK_TOKEN
+    try:
+        tokenizer = make()
+    except Exception:  # missing files, offline hub: the preview still runs
+        return DEFAULT_MASK_TOKEN
+    return mask_token_for(tokenizer)
 
 
 _ARTICLES = {"a", "an", "the", "this", "that", "these", "those", "one", "my", "your", "some"}
@@ -422,8 +437,9 @@ def preview(text: str, names: Sequence[str] | None = None, seed: int = 1,
     default severities, for `anbench perturb`.
 
     With no dataset, wsp's alternatives are GENERIC_TEMPLATES filled with the class name, which is
-    `class_name` or else guessed by `guess_class_name`. `params` maps a perturbation name to its
-    configured parameters (bench.yaml's `perturbations` section).
+    `class_name` or else guessed by `guess_class_name`. `mask_token` should be the one a run
+    uses (`backbone_mask_token` of the configured backbone; None: DEFAULT_MASK_TOKEN). `params`
+    maps a perturbation name to its configured parameters (bench.yaml's `perturbations`).
     """
     cname = class_name or guess_class_name(text)
     ctx = make_context(text, cname, templates=GENERIC_TEMPLATES, mask_token=mask_token)

@@ -13,10 +13,6 @@ or foreign file is recomputed, which is exact because the computation is determi
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,21 +21,14 @@ from typing import Any
 
 import torch
 
+from anbench.files import atomic_save_torch
+from anbench.hashing import json_digest
+
 #: Bump when what a cached prefix means changes (adapter code, value layout).
 CACHE_VERSION = 1
 DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB: a few thousand ViT-B/16 image prefixes
 
 Entry = dict[str, torch.Tensor]
-
-
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """A content hash of tensors (dtype, shape and bytes), independent of device and strides."""
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        array = tensor.detach().to("cpu").contiguous()
-        digest.update(str((array.dtype, tuple(array.shape))).encode())
-        digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:24]
 
 
 def preprocessing_tag(transform: Any) -> str:
@@ -49,11 +38,12 @@ def preprocessing_tag(transform: Any) -> str:
 
 def prefix_key(*, weights: str, preprocessing: str, tower: str, end_layer: int,
                input_digest: str, precision: str = "float32", extra: str = "") -> str:
-    """The cache key of the outputs of blocks [0, end_layer) of one tower for one input."""
+    """The cache key of the outputs of blocks [0, end_layer) of one tower for one input
+    (`input_digest`: e.g. `anbench.hashing.tensor_digest` of the input)."""
     fields = {"v": CACHE_VERSION, "weights": weights, "preprocessing": preprocessing,
               "tower": tower, "end_layer": int(end_layer), "input": input_digest,
               "precision": precision, "extra": extra}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+    return json_digest(fields, length=32)
 
 
 def _nbytes(entry: Entry) -> int:
@@ -125,16 +115,8 @@ class PrefixCache:
         path = self.path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            tensors = {name: t.detach().to("cpu").contiguous() for name, t in entry.items()}
-            torch.save({"key": key, "version": CACHE_VERSION, "tensors": tensors}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        tensors = {name: t.detach().to("cpu").contiguous() for name, t in entry.items()}
+        atomic_save_torch(path, {"key": key, "version": CACHE_VERSION, "tensors": tensors})
 
     # ------------------------------------------------------------------ lookup
     def get(self, key: str, device: torch.device | str | None = None) -> Entry | None:
@@ -173,11 +155,6 @@ def default_cache() -> PrefixCache:
     if _default is None:
         _default = PrefixCache()
     return _default
-
-
-def set_default_cache(cache: PrefixCache | None) -> None:
-    global _default
-    _default = cache
 
 
 def cache_for(extra: dict[str, Any] | None) -> PrefixCache:

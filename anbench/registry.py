@@ -3,6 +3,9 @@
 Built-ins are found by scanning their package (every module in it is imported the first time a
 registry is queried), third-party plugins through entry points, and user files or modules through
 `load_plugin`. Nobody has to import a module for its side effect before asking for a name.
+
+Each registry names the base class its plugins must subclass (a method is an
+`anbench.method.Method`, ...); registering anything else fails at once with a one-line error.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ import importlib.util
 import pkgutil
 import re
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +46,8 @@ class Entry(Generic[T]):
     obj: T
     description: str
     origin: str  # "builtin", "entry-point" or "plugin"
+    # Optional facts given at registration, e.g. a method's place and colour in reports.
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _first_doc_line(obj: Any) -> str:
@@ -53,19 +58,43 @@ def _first_doc_line(obj: Any) -> str:
 class Registry(Generic[T]):
     """A kebab-case name -> object table with lazy discovery of built-ins and entry points."""
 
-    def __init__(self, kind: str, builtin_package: str, entry_point_group: str):
+    def __init__(self, kind: str, builtin_package: str, entry_point_group: str,
+                 base: str | None = None):
         self.kind = kind
         self.builtin_package = builtin_package
         self.entry_point_group = entry_point_group
+        # Dotted path of the class every plugin must subclass, resolved at registration time
+        # (not here: the registries are created before, and imported by, the base classes).
+        self.base = base
         self._entries: dict[str, Entry[T]] = {}
         self._discovered = False
         self._origin = "plugin"
 
-    def register(self, name: str, *, description: str | None = None) -> Callable[[T], T]:
+    def base_class(self) -> type | None:
+        """The class plugins must subclass; None when none is declared or it cannot be imported
+        yet (then registration checks nothing rather than failing)."""
+        if self.base is None:
+            return None
+        module_name, _, attr = self.base.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError):
+            return None
+        return found if isinstance(found, type) else None
+
+    def _check_base(self, name: str, obj: Any) -> None:
+        base = self.base_class()
+        if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
+            what = getattr(obj, "__name__", type(obj).__name__)
+            raise AnbenchError(f"{self.kind} '{name}' ({what}) must subclass {self.base}")
+
+    def register(self, name: str, *, description: str | None = None,
+                 meta: Mapping[str, Any] | None = None) -> Callable[[T], T]:
         if not _KEBAB.match(name):
             raise ValueError(f"{self.kind} name '{name}' must be kebab-case (e.g. 'my-noise')")
 
         def decorator(obj: T) -> T:
+            self._check_base(name, obj)
             existing = self._entries.get(name)
             if existing is not None and existing.obj is not obj:
                 same_source = getattr(existing.obj, "__qualname__", None) == getattr(
@@ -77,7 +106,8 @@ class Registry(Generic[T]):
             # A built-in module imported directly (before discovery) is still a built-in.
             module = getattr(obj, "__module__", "") or ""
             builtin = module.startswith(self.builtin_package + ".")
-            self._entries[name] = Entry(name, obj, desc, "builtin" if builtin else self._origin)
+            self._entries[name] = Entry(name, obj, desc, "builtin" if builtin else self._origin,
+                                        dict(meta or {}))
             with contextlib.suppress(AttributeError, TypeError):  # e.g. builtins, slots
                 obj.registry_name = name  # type: ignore[attr-defined]
             return obj
@@ -125,11 +155,16 @@ class Registry(Generic[T]):
 
 
 PERTURBATIONS: Registry[Any] = Registry("perturbation", "anbench.perturbations",
-                                        "anbench.perturbations")
-METHODS: Registry[Any] = Registry("method", "anbench.methods", "anbench.methods")
-DATASETS: Registry[Any] = Registry("dataset", "anbench.data.builtin", "anbench.datasets")
-BACKBONES: Registry[Any] = Registry("backbone", "anbench.backbones.builtin", "anbench.backbones")
-REPORTS: Registry[Any] = Registry("report", "anbench.reports", "anbench.reports")
+                                        "anbench.perturbations",
+                                        base="anbench.perturbation.Perturbation")
+METHODS: Registry[Any] = Registry("method", "anbench.methods", "anbench.methods",
+                                  base="anbench.method.Method")
+DATASETS: Registry[Any] = Registry("dataset", "anbench.data.builtin", "anbench.datasets",
+                                   base="anbench.data.base.DatasetSource")
+BACKBONES: Registry[Any] = Registry("backbone", "anbench.backbones.builtin", "anbench.backbones",
+                                    base="anbench.backbones.base.Backbone")
+REPORTS: Registry[Any] = Registry("report", "anbench.reports", "anbench.reports",
+                                  base="anbench.reporting.Report")
 
 REGISTRIES: dict[str, Registry[Any]] = {
     "methods": METHODS,

@@ -1,8 +1,9 @@
 """`anbench run`: the grid of datasets x methods x training noise x seeds.
 
-Each cell samples shots, trains on the training label space, evaluates base and new test sets
-clean and under every evaluation perturbation and severity, and writes its results atomically.
-Complete cells are skipped on a re-run; a cell without its completion marker is redone.
+The runner owns the grid, the store, locks and progress; what one cell does lives in
+`anbench.cell`. Every input is checked before anything is written. Complete, intact, current
+cells are skipped on a re-run; a damaged cell or one whose settings changed is redone; cells of
+other settings stay on disk but out of results.csv (listed as stale, removed by `prune`).
 """
 
 from __future__ import annotations
@@ -11,22 +12,35 @@ import math
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from anbench.backbones.loading import backbone_source, config_cache_dir, load_backbone
+from anbench import interrupts
+from anbench.backbones.loading import backbone_source, config_cache_dir
+from anbench.cell import (
+    CellEnvironment,
+    CellSpec,
+    eval_conditions,
+    perturbation_for,
+    resolve_cell,
+    run_cell,
+    training_steps,
+)
 from anbench.config import BenchConfig, dump_config
 from anbench.data.loading import dataset_source
 from anbench.device import resolve_device
 from anbench.files import atomic_write_json, atomic_write_text
-from anbench.registry import DATASETS, METHODS, PERTURBATIONS, AnbenchError
-from anbench.store import CellKey, SuiteStore, fingerprint
+from anbench.registry import BACKBONES, DATASETS, METHODS, PERTURBATIONS, AnbenchError
+from anbench.store import CellKey, StoredCell, SuiteStore
+
+RUN_PROTOCOLS = ("base-to-new", "all-classes")
 
 
 @dataclass
@@ -56,6 +70,9 @@ def _expand(values: list[str], registry: Any, what: str) -> list[str]:
 def make_plan(config: BenchConfig) -> Plan:
     """Resolve names and the grid; every unknown name fails here, before any training."""
     run = config.run
+    if run.protocol not in RUN_PROTOCOLS:
+        raise AnbenchError(f"run.protocol '{run.protocol}' is not supported by `run` yet; use "
+                           f"{' or '.join(RUN_PROTOCOLS)}")
     methods = _expand(run.methods, METHODS, "--methods")
     if not methods:
         raise AnbenchError(f"no methods selected; known: {', '.join(METHODS.names())}")
@@ -67,8 +84,6 @@ def make_plan(config: BenchConfig) -> Plan:
     datasets = _expand(run.datasets, DATASETS, "--datasets")
     if not datasets:
         raise AnbenchError(f"no datasets selected; known: {', '.join(DATASETS.names())}")
-    from anbench.registry import BACKBONES
-
     BACKBONES.get(run.backbone)
     if not run.seeds:
         raise AnbenchError("no seeds selected")
@@ -77,10 +92,9 @@ def make_plan(config: BenchConfig) -> Plan:
     for dataset in datasets:
         for method in methods:
             cls = METHODS.get(method)
-            if getattr(cls, "takes_train_noise", False):
-                noises = train_noise or [cls.default_train_noise]
-            else:
-                noises = ["none"]
+            # The default training noise is the method's own, declared once on its class.
+            noises = ((train_noise or [cls.default_train_noise]) if cls.takes_train_noise
+                      else ["none"])
             for noise_name in noises:
                 for seed in plan.seeds:
                     plan.cells.append(CellKey(run.backbone, dataset, method, noise_name,
@@ -89,58 +103,109 @@ def make_plan(config: BenchConfig) -> Plan:
 
 
 def check_inputs(config: BenchConfig, plan: Plan) -> None:
-    """Fail fast on missing data, weights and devices (one line each)."""
+    """Fail fast, before anything is written, on bad output paths, missing data, weights and
+    devices, shots beyond the data and bad perturbation parameters (one line each)."""
+    check_output(Path(config.run.out), config.run.suite)
     resolve_device(config.run.device)
     for name in plan.datasets:
-        ok, detail = dataset_source(config, name).status()
+        source = dataset_source(config, name)
+        ok, detail = source.status()
         if not ok:
             raise AnbenchError(f"dataset {name}: {detail}")
+        check_shots(name, source.load(config_cache_dir(config)), plan.shots)
     backbone = backbone_source(config, plan.backbone)
     ok, detail = backbone.status(config_cache_dir(config))
-    if not ok and not getattr(backbone, "builds_on_first_use", False):
+    if not ok and not backbone.builds_on_first_use:  # e.g. mini: `load` builds it in the run
         raise AnbenchError(f"backbone {plan.backbone}: {detail}")
     for name in plan.eval_noise + plan.train_noise:
-        eval_perturbation(config, name)  # validates its parameters
+        perturbation_for(config, name)  # validates its parameters
 
 
-def eval_perturbation(config: BenchConfig, name: str, dataset: str | None = None):
-    from anbench.perturbation import build_perturbation
+def check_output(out: Path, suite: str) -> None:
+    for path in (out, out / suite):
+        if path.exists() and not path.is_dir():
+            raise AnbenchError(f"--out: {path} exists and is not a folder")
 
-    params = config.plugin_params("perturbations", name, backbone=config.run.backbone,
-                                  dataset=dataset)
-    return build_perturbation(name, params)
+
+def check_shots(dataset: str, loaded: Any, shots: int) -> None:
+    """Shots are sampled per class from the train split: asking for more than the smallest
+    class holds would silently train on fewer (and label results with the wrong K)."""
+    from anbench.data.base import split_labels
+
+    counts = np.bincount(split_labels(loaded.train), minlength=loaded.num_classes).tolist()
+    smallest = min(counts) if counts else 0
+    if shots > smallest:
+        name = loaded.classnames[counts.index(smallest)] if counts else "?"
+        raise AnbenchError(f"--shots {shots}: dataset {dataset} has only {smallest} training "
+                           f"images in its smallest class ('{name}'); use --shots {smallest} "
+                           "or fewer")
 
 
 def run_suite(config: BenchConfig, dry_run: bool = False) -> Path | None:
     plan = make_plan(config)
     check_inputs(config, plan)
-    root = Path(config.run.out) / config.run.suite
-    store = SuiteStore(root)
+    store = SuiteStore(Path(config.run.out) / config.run.suite)
     if dry_run:
-        _print_dry_run(config, plan, store)
+        print_dry_run(config, plan, store)
         return None
     return Runner(config, plan, store).run()
 
 
-def _print_dry_run(config: BenchConfig, plan: Plan, store: SuiteStore) -> None:
+def current_cells(config: BenchConfig, plan: Plan, weights: Callable[[StoredCell], str | None]
+                  ) -> Callable[[StoredCell], bool]:
+    """A predicate: does a stored cell's fingerprint match what the current config gives for
+    its key? `weights` says which weights hash to judge it with."""
+
+    def keep(cell: StoredCell) -> bool:
+        try:
+            spec = resolve_cell(config, cell.key, plan.eval_noise, weights(cell) or "")
+        except AnbenchError:  # a method, dataset or noise that is no longer registered
+            return False
+        return spec.fingerprint == cell.fingerprint
+
+    return keep
+
+
+def print_dry_run(config: BenchConfig, plan: Plan, store: SuiteStore) -> None:
+    """The grid with each cell's state and its parameters that differ from the method's
+    defaults. Without loading the backbone, fingerprints use each stored cell's own weights
+    hash, so a change of weights shows only when the run loads them."""
     print(f"suite '{config.run.suite}' -> {store.root}")
     print(f"backbone {plan.backbone}; datasets {', '.join(plan.datasets)}; seeds "
           f"{plan.seeds}; shots {plan.shots}; eval noise {', '.join(plan.eval_noise) or 'none'}")
     total_steps = 0
+    planned = set(plan.cells)
     for key in plan.cells:
-        params = config.plugin_params("methods", key.method, backbone=key.backbone,
-                                      dataset=key.dataset)
-        cls = METHODS.get(key.method)
-        classes = _train_classes(config, key.dataset)
+        stored = store.inspect(key)
+        spec = resolve_cell(config, key, plan.eval_noise,
+                            stored.weights_hash or "" if stored is not None else "")
         steps = 0
-        if getattr(cls, "trains", True):
-            steps = params.epochs * math.ceil(classes * plan.shots / params.batch_size)
+        if spec.trains:
+            steps = training_steps(spec.method_params, _train_classes(config, key.dataset)
+                                   * plan.shots)
         total_steps += steps
-        done = store.completed_fingerprint(key) is not None
-        print(f"  {'complete' if done else 'to run  '}  {key.label():<48} {steps:>6} steps")
-    evals = sum(len(eval_perturbation(config, n).severities) for n in plan.eval_noise)
+        if stored is None:
+            state = "to run"
+        elif not stored.intact:
+            state = "damaged"
+        elif stored.fingerprint == spec.fingerprint:
+            state = "complete"
+        else:
+            state = "changed"
+        changed = spec.changed_params()
+        detail = " ".join(f"{k}={v}" for k, v in changed.items())
+        print(f"  {state:<8}  {key.label():<48} {steps:>6} steps  {detail}".rstrip())
+        if stored is not None and stored.problem:
+            print(f"            ({stored.problem}; it will be redone)")
+    keep = current_cells(config, plan, lambda cell: cell.weights_hash)
+    stale = [c for c in store.stored_cells()
+             if c.intact and c.key not in planned and not keep(c)]
+    for cell in stale:
+        print(f"  stale     {cell.key.label()} (other settings; kept on disk, left out of "
+              "results; `anbench prune` removes it)")
+    evals = len(eval_conditions(config, plan.eval_noise))
     print(f"{len(plan.cells)} cells, {total_steps} training steps, {evals} evaluation "
-          f"conditions per split besides clean")
+          f"conditions per split besides clean" + (f"; {len(stale)} stale" if stale else ""))
 
 
 def _train_classes(config: BenchConfig, dataset: str) -> int:
@@ -176,216 +241,67 @@ class Runner:
         self.plan = plan
         self.store = store
         self.quiet = config.run.quiet
-        self.cache_dir = config_cache_dir(config)
-        self.device = resolve_device(config.run.device)
-        self._tensors: dict[tuple[str, int], Any] = {}
-        from anbench.prefix_cache import PrefixCache
-
-        run = config.run
-        self.prefix_cache = PrefixCache(
-            max_bytes=int(run.prefix_cache_memory_gb * 2**30),
-            directory=self.cache_dir / "prefix" if run.prefix_cache_disk else None)
+        self._run_files_written = False
 
     def log(self, message: str) -> None:
         tqdm.write(message)
 
     def run(self) -> Path:
-        from anbench.backbones.adapter import BackboneAdapter
-
         started = time.time()
-        self.backbone = load_backbone(self.config, self.plan.backbone, str(self.device),
-                                      progress=not self.quiet)
-        self.adapter = BackboneAdapter(self.backbone).to(self.device)
-        self._write_run_files()
+        self.env = CellEnvironment.load(self.config, progress=not self.quiet)
+        weights_hash = self.env.backbone.weights_hash
+        self.keep = current_cells(
+            self.config, self.plan,
+            lambda cell: weights_hash if cell.key.backbone == self.plan.backbone
+            else cell.weights_hash)
         done = skipped = busy = 0
         bar = tqdm(self.plan.cells, desc="cells", unit="cell", disable=self.quiet,
                    dynamic_ncols=True)
         try:
             for key in bar:
+                interrupts.check()
                 bar.set_postfix_str(key.label())
-                fp = self._fingerprint(key)
-                if self.store.is_complete(key, fp):
+                spec = resolve_cell(self.config, key, self.plan.eval_noise, weights_hash)
+                if self.store.is_complete(key, spec.fingerprint):
                     skipped += 1
                     continue
                 with self.store.claim(key) as mine:
                     if not mine:  # another run of this suite is on it
                         busy += 1
                         continue
-                    if self.store.is_complete(key, fp):
+                    stored = self.store.inspect(key)
+                    if stored is not None and stored.intact \
+                            and stored.fingerprint == spec.fingerprint:
                         skipped += 1
                         continue
-                    self._run_cell(key, fp)
+                    if stored is not None and stored.problem:
+                        self.log(f"{key.label()}: damaged ({stored.problem}); redoing it")
+                    self._run_and_store(spec)
                     done += 1
-                self.store.write_results()
+                self.store.write_results(self.keep)
         except KeyboardInterrupt:
-            self.store.write_results()
+            self.store.write_results(self.keep)
             self.log(f"interrupted: {done} cells finished in this run are kept; re-run the "
                      "same command to resume")
             raise
         finally:
             bar.close()
-        results = self.store.write_results()
+        before = _signature(self.store.results_path)
+        results = self.store.write_results(self.keep)
+        stale = self.store.stale_cells()
         self.log(f"{done} cells run, {skipped} already complete, {busy} held by another run; "
                  f"{time.time() - started:.0f} s; results: {results}")
-        self._report(results)
+        if stale:
+            self.log(f"{len(stale)} stale cells (other settings) are left out of results.csv; "
+                     f"`anbench prune --suite {self.config.run.suite}` removes them")
+        report_index = self.store.root / "report" / "index.md"
+        if done or _signature(results) != before or not report_index.is_file():
+            self._report(results)
         return results
 
-    def _report(self, results: Path) -> None:
-        try:
-            from anbench.reporting import build_report
-        except ImportError:
-            self.log(f"write the report with: anbench report --suite {self.config.run.suite} "
-                     f"--out {self.config.run.out}")
-            return
-        index = build_report(results, self.store.root / "report", ["md", "tex", "csv"])
-        self.log(f"report: {index}")
-
-    def _write_run_files(self) -> None:
-        atomic_write_text(self.store.root / "config.yaml", dump_config(self.config))
-        atomic_write_json(self.store.root / "manifest.json", {
-            "versions": _versions(), "git_commit": _git_commit(),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "device": str(self.device),
-            "cuda_device": torch.cuda.get_device_name(0) if self.device.type == "cuda" else None,
-            "backbone": {"name": self.backbone.name, "label": self.backbone.label,
-                         "weights_hash": self.backbone.weights_hash, **self.backbone.info},
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
-
-    def _method_params(self, key: CellKey):
-        return self.config.plugin_params("methods", key.method, backbone=key.backbone,
-                                         dataset=key.dataset)
-
-    def _noises(self, dataset: str):
-        from anbench.evaluation import EvalNoise
-
-        noises = []
-        for name in self.plan.eval_noise:
-            perturbation = eval_perturbation(self.config, name, dataset)
-            noises += [EvalNoise(perturbation, sev) for sev in perturbation.severities]
-        return noises
-
-    def _fingerprint(self, key: CellKey) -> str:
-        noises = self._noises(key.dataset)
-        train = (eval_perturbation(self.config, key.train_noise, key.dataset).describe(key.seed)
-                 if key.train_noise != "none" else None)
-        params = self._method_params(key)
-        return fingerprint({
-            "method": params.model_dump(mode="json", exclude=set(params.speed_only)),
-            "weights": self.backbone.weights_hash, "protocol": self.config.run.protocol,
-            "augment": self.config.run.augment_views if self.config.run.augment else None,
-            "train_noise": train,
-            "eval": [n.perturbation.describe(key.seed, n.severity) for n in noises],
-        })
-
-    # ------------------------------------------------------------------ data
-    def _spaces(self, dataset: str, seed: int):
-        from anbench.data.protocols import all_classes, base_to_new
-
-        cache_key = (dataset, seed)
-        if cache_key not in self._tensors:
-            loaded = dataset_source(self.config, dataset).load(self.cache_dir)
-            if self.config.run.protocol == "base-to-new":
-                base, new = base_to_new(loaded, self.plan.shots, seed, self.cache_dir)
-                spaces = {"base": base, "new": new}
-                train_space = base
-            elif self.config.run.protocol == "all-classes":
-                train_space = all_classes(loaded, self.plan.shots, seed, self.cache_dir)
-                spaces = {"all": train_space}
-            else:
-                raise AnbenchError("protocol 'cross-dataset' is not wired into `run` yet; use "
-                                   "base-to-new or all-classes")
-            transform = self.backbone.preprocess_eval
-            tensors = {"train": self._to_tensor(train_space, train_space.train, transform)}
-            if self.config.run.augment:
-                from anbench.view_bank import augmented_views
-
-                subset = train_space.train
-                tensors["train_views"] = augmented_views(
-                    [train_space.load_image(item) for item, _ in subset],
-                    self.backbone.preprocess_train, self.config.run.augment_views, seed,
-                    ids=[f"{dataset}/{index}" for index in subset.indices])
-            for split, space in spaces.items():
-                tensors[split] = self._to_tensor(space, space.test, transform)
-            self._tensors = {cache_key: (train_space, spaces, tensors)}  # one dataset at a time
-        return self._tensors[cache_key]
-
-    @staticmethod
-    def _to_tensor(space: Any, subset: Any, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        images = [transform(space.load_image(item)) for item, _ in subset]
-        labels = torch.as_tensor([int(label) for _, label in subset], dtype=torch.long)
-        if not images:
-            return torch.zeros(0), labels
-        return torch.stack(images), labels
-
-    # ------------------------------------------------------------------ one cell
-    def _run_cell(self, key: CellKey, cell_fingerprint: str) -> None:
-        from anbench.evaluation import class_sentences, evaluate_split, result_arrays, result_rows
-        from anbench.method import TaskContext
-        from anbench.prefix_cache import preprocessing_tag
-
-        started = time.time()
-        train_space, spaces, tensors = self._spaces(key.dataset, key.seed)
-        params = self._method_params(key)
-        cls = METHODS.get(key.method)
-        torch.manual_seed(key.seed)
-        method = cls(params, self.adapter).to(self.device)
-        noise = (eval_perturbation(self.config, key.train_noise, key.dataset)
-                 if key.train_noise != "none" else None)
-        task = TaskContext(
-            dataset=key.dataset, classnames=list(train_space.classnames),
-            sentences=class_sentences(method, list(train_space.classnames),
-                                      train_space.template),
-            descriptions={n: list(train_space.descriptions.get(n, []))
-                          for n in train_space.classnames},
-            templates=list(train_space.templates), seed=key.seed, device=self.device,
-            train_noise=noise, train_noise_name=key.train_noise,
-            train_noise_severity=noise.severities[0] if noise is not None else 0.0,
-            extra={"cache_dir": self.cache_dir, "weights_hash": self.backbone.weights_hash,
-                   "prefix_cache": self.prefix_cache,
-                   "preprocessing": preprocessing_tag(
-                       self.backbone.preprocess_train if self.config.run.augment
-                       else self.backbone.preprocess_eval)})
-        train_images, train_labels = tensors["train"]
-        method.setup(task, train_images, train_labels)
-        trains = getattr(cls, "trains", True)
-        fit_images = tensors.get("train_views", train_images)  # [N, V, C, H, W] with augment
-        history = self._train(method, params, key, fit_images, train_labels) if trains else []
-        noises = self._noises(key.dataset)
-        results = []
-        for split, space in spaces.items():
-            images, labels = tensors[split]
-            results.append(evaluate_split(
-                method, split, images, labels, list(space.classnames), space.template,
-                list(space.templates), space.descriptions, noises, key.seed, key.dataset))
-        base = {"suite": self.config.run.suite, "dataset": key.dataset,
-                "backbone": key.backbone, "method": key.method, "train_noise": key.train_noise,
-                "shots": key.shots, "seed": key.seed}
-        rows = pd.DataFrame(result_rows(results, noises, base))
-        meta = {
-            "seconds": round(time.time() - started, 2), "history": history,
-            "method_params": params.model_dump(mode="json"),
-            "train_noise": noise.describe(key.seed) if noise is not None else None,
-            "eval_noise": [n.perturbation.describe(key.seed, n.severity) for n in noises],
-            "sentences": {r.split: {"clean": r.sentences, **r.noisy_sentences} for r in results},
-            "classes": {split: list(space.classnames) for split, space in spaces.items()},
-        }
-        prompts = method.prompt_state() if trains else None
-        self.store.write_cell(key, cell_fingerprint, rows, result_arrays(results), prompts, meta)
-        accs = {r.split: r.accuracy() for r in results}
-        summary = " ".join(f"{split} {acc:5.1f}" for split, acc in accs.items())
-        if "base" in accs and "new" in accs:
-            from anbench.metrics import harmonic_mean
-
-            summary += f" HM {harmonic_mean(accs['base'], accs['new']):5.1f}"
-        self.log(f"{key.label()}: {summary} ({time.time() - started:.0f} s)")
-
-    def _train(self, method: Any, params: Any, key: CellKey, images: torch.Tensor,
-               labels: torch.Tensor) -> list[dict[str, float]]:
-        from anbench.training import train
-
-        steps = params.epochs * math.ceil(len(labels) / params.batch_size)
-        bar = tqdm(total=steps, desc="train", unit="step", leave=False, disable=self.quiet,
+    def _run_and_store(self, spec: CellSpec) -> None:
+        self._write_run_files()
+        bar = tqdm(total=0, desc="train", unit="step", leave=False, disable=self.quiet,
                    dynamic_ncols=True)
 
         def progress(step: int, total: int, terms: dict[str, float]) -> None:
@@ -394,7 +310,44 @@ class Runner:
             if terms:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in list(terms.items())[:3]})
 
+        self.store.mark_running(spec.key)
         try:
-            return train(method, images, labels, params, key.seed, progress=progress)
+            result = run_cell(spec, self.env, progress=progress)
         finally:
             bar.close()
+        self.store.write_cell(spec.key, spec.fingerprint, result.rows, result.arrays,
+                              result.prompts, result.meta, weights_hash=spec.weights_hash)
+        self.log(f"{spec.key.label()}: {result.summary()} ({result.meta['seconds']:.0f} s)")
+
+    def _report(self, results: Path) -> None:
+        from anbench.reporting import build_report
+
+        index = build_report(results, self.store.root / "report", ["md", "tex", "csv"])
+        self.log(f"report: {index}")
+
+    def _write_run_files(self) -> None:
+        """config.yaml and manifest.json describe the latest run that trained a cell."""
+        if self._run_files_written:
+            return
+        backbone = self.env.backbone
+        device = self.env.device
+        with self.store.suite_lock():
+            atomic_write_text(self.store.root / "config.yaml", dump_config(self.config))
+            atomic_write_json(self.store.root / "manifest.json", {
+                "versions": _versions(), "git_commit": _git_commit(),
+                "python": platform.python_version(), "platform": platform.platform(),
+                "device": str(device),
+                "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+                "backbone": {"name": backbone.name, "label": backbone.label,
+                             "weights_hash": backbone.weights_hash, **backbone.info},
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+        self._run_files_written = True
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns

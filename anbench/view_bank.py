@@ -9,18 +9,17 @@ frozen inputs once (so the prefix cache covers every view).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from anbench.seeds import derive_seed
+
 
 def view_seed(seed: int, item_id: str, view: int) -> int:
     """The RNG seed of one view: depends only on (seed, image id, view index), not on order."""
-    key = json.dumps([int(seed), str(item_id), int(view)])
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**63 - 1)
+    return derive_seed(int(seed), str(item_id), int(view))
 
 
 def augmented_views(images: Sequence[Any], transform: Callable[[Any], torch.Tensor], views: int,
@@ -46,8 +45,3 @@ def augmented_views(images: Sequence[Any], transform: Callable[[Any], torch.Tens
     if not out:
         raise ValueError("no images to augment")
     return torch.stack(out)
-
-
-def pick_view(bank: torch.Tensor, epoch: int) -> torch.Tensor:
-    """The images of epoch `epoch` from a `[N, V, ...]` bank: view `epoch % V`."""
-    return bank[:, epoch % bank.shape[1]]

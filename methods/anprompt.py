@@ -31,6 +31,7 @@ from pydantic.fields import FieldInfo
 from torch import nn
 
 from anbench.backbones.adapter import BackboneAdapter, ImageState, TextState
+from anbench.hashing import tensor_digest
 from anbench.method import Method, MethodParams, TaskContext
 from anbench.perturbation import apply, build_perturbation, make_context, mix_features
 from anbench.prefix_cache import (
@@ -39,7 +40,6 @@ from anbench.prefix_cache import (
     default_cache,
     precision_tag,
     prefix_key,
-    tensor_digest,
 )
 from anbench.registry import METHODS
 
@@ -86,7 +86,8 @@ class ANPromptParams(MethodParams):
 
 
 @METHODS.register("anprompt", description="ANPrompt: anti-noise prompts from k-means of "
-                                          "weak-noise text features, NRVPP, WALoss")
+                                          "weak-noise text features, NRVPP, WALoss",
+                  meta={"order": 3, "colour": 3})
 class ANPrompt(Method):
     """Anti-noise deep prompts in both encoders, NRVPP, WALoss and sim loss (switchable)."""
 
@@ -185,7 +186,7 @@ class ANPrompt(Method):
                     main = task.sentences[c]
                 mains.append(main)
                 contexts.append(make_context(main, name, c, descriptions, task.templates,
-                                             self.adapter.mask_token))
+                                             self.adapter.mask_token, task.classnames))
                 ids.append(f"{c}:{j}")
         noisy = apply(noise, mains, contexts, ids, task.seed, severity)
         clean_f = frozen_text(self.adapter, mains)
@@ -363,7 +364,8 @@ def _kmeans(points: torch.Tensor, k: int, seed: int, n_init: int) -> tuple[torch
     return torch.from_numpy(km.cluster_centers_).float(), float(km.inertia_)
 
 
-def _variant(name: str, description: str, doc: str, **defaults: Any) -> type[ANPrompt]:
+def _variant(name: str, description: str, doc: str, meta: dict[str, Any],
+             **defaults: Any) -> type[ANPrompt]:
     """Register an ablation: ANPrompt with other switch defaults (still configurable)."""
     fields: dict[str, Any] = {}
     for key, value in defaults.items():  # keep each field's constraints, change its default
@@ -373,16 +375,17 @@ def _variant(name: str, description: str, doc: str, **defaults: Any) -> type[ANP
                           **fields)
     cls = type(f"ANPrompt_{name.replace('-', '_')}", (ANPrompt,),
                {"Params": params, "__doc__": doc, "__module__": __name__})
-    return METHODS.register(name, description=description)(cls)
+    return METHODS.register(name, description=description, meta=meta)(cls)
 
 
 ANPromptWoNRVPP = _variant(
     "anprompt-wo-nrvpp", "ANPrompt without NRVPP (no prompt-token feature, z^c only)",
     "ANPrompt with nrvpp=False: no f^r, CE on z^c only, z^n from f^c, prediction z^c.",
-    nrvpp=False)
+    {"order": 4, "colour": 1}, nrvpp=False)
 ANPromptWoWALoss = _variant(
     "anprompt-wo-waloss", "ANPrompt without WALoss (w_WA = 0)",
-    "ANPrompt with wa_weight=0: no WALoss term.", wa_weight=0.0)
+    "ANPrompt with wa_weight=0: no WALoss term.", {"order": 5, "colour": 2}, wa_weight=0.0)
 ANPromptWoNoise = _variant(
     "anprompt-wo-noise", "ANPrompt without noise prompts (N = 0: plain learnable deep prompts)",
-    "ANPrompt with noise_prompts=False: A = R.", noise_prompts=False)
+    "ANPrompt with noise_prompts=False: A = R.", {"order": 6, "colour": 9},
+    noise_prompts=False)

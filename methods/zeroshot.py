@@ -18,7 +18,8 @@ class ZeroShotParams(MethodParams):
 
 
 @METHODS.register("zeroshot", description="frozen backbone with the dataset's template "
-                                          "(reference row, no training)")
+                                          "(reference row, no training)",
+                  meta={"order": 0, "colour": 7})
 class ZeroShot(Method):
     """Frozen backbone, one clean sentence per class; nothing trains."""
 

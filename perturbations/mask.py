@@ -25,8 +25,8 @@ class MaskParams(PerturbationParams):
 class Mask(Perturbation):
     """Replace each non-protected word with `ctx.mask_token` with probability p (severity).
 
-    The token is the backbone tokenizer's mask token, else its unknown token, else
-    `anbench.perturbation.DEFAULT_MASK_TOKEN` ("[MASK]").
+    The token is the backbone tokenizer's mask token, else
+    `anbench.perturbation.DEFAULT_MASK_TOKEN` ("<mask>"); see `mask_token_for`.
     """
 
     Params = MaskParams

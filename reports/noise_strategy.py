@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from anbench.metrics import METRICS as METRIC_INFO
 from anbench.registry import REPORTS
 from anbench.reporting import (
     Column,
@@ -29,12 +30,7 @@ from anbench.reporting import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-# (metric, table header, digits, better, axis label with units)
-METRICS: tuple[tuple[str, str, int, str, str], ...] = (
-    ("ts", "TS ↓", 4, "min", "Text shift (1 − cos)"),
-    ("lpr", "LPR (%) ↑", 2, "max", "LPR (%)"),
-    ("as", "AS (pp) ↑", 2, "max", "Accuracy shift (pp)"),
-)
+METRICS: tuple[str, ...] = ("ts", "lpr", "as")  # panels and columns, in this order
 
 
 def draw_noise_strategy(fig: Figure, data: pd.DataFrame, palette: Palette) -> None:
@@ -42,11 +38,11 @@ def draw_noise_strategy(fig: Figure, data: pd.DataFrame, palette: Palette) -> No
     perts = list(dict.fromkeys(data["perturbation"]))
     labels = list(dict.fromkeys(data["method"]))
     axes = fig.subplots(len(METRICS), 1, sharex=True)
-    for i, (ax, (key, _, _, _, ylabel)) in enumerate(zip(axes, METRICS, strict=True)):
+    for i, (ax, key) in enumerate(zip(axes, METRICS, strict=True)):
         grouped_bars(ax, data[data["metric"] == key], x="perturbation", hue="method",
                      x_order=perts, hue_order=labels, palette=palette,
                      ticklabels=i == len(METRICS) - 1)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(METRIC_INFO[key].label)
         sub = data[data["metric"] == key]
         if key == "as":
             ax.axhline(0.0, color="0.25", linewidth=0.6)
@@ -74,7 +70,7 @@ class NoiseStrategyReport(Report):
         for pert in perts:
             for label in labels:
                 cells: list[Stat | None] = []
-                for key, *_ in METRICS:
+                for key in METRICS:
                     sub = rows[(rows["perturbation"] == pert) & (rows["label"] == label)
                                & (rows["metric"] == key)]
                     stat = summarise(sub, ["dataset", "split"]) if not sub.empty else None
@@ -89,7 +85,7 @@ class NoiseStrategyReport(Report):
             title="Robustness to text perturbations: text shift (TS), logit preservation rate "
                   "(LPR, %) and accuracy shift (AS, pp), averaged over datasets and splits",
             label_headers=["Perturbation", "Method"],
-            columns=[Column(k, h, d, b) for k, h, d, b, _ in METRICS],
+            columns=[Column.for_metric(key) for key in METRICS],
             rows=table_rows,
             notes=["AS = perturbed − clean accuracy (negative = loss); ↑/↓: higher/lower is "
                    "more robust."],

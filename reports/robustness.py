@@ -17,11 +17,7 @@ from anbench.reporting import (
     summarise,
 )
 
-COLUMNS = (
-    Column("as", "Mean AS (pp) ↑", 2, "max"),
-    Column("lpr", "Mean LPR (%) ↑", 2, "max"),
-    Column("ts", "Mean TS ↓", 4, "min"),
-)
+COLUMNS = tuple(Column.for_metric(key, prefix="Mean ") for key in ("as", "lpr", "ts"))
 
 
 @REPORTS.register("robustness-summary",

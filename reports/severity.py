@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from anbench.metrics import METRICS as METRIC_INFO
 from anbench.registry import REPORTS
 from anbench.reporting import (
     FigureSpec,
@@ -27,11 +28,7 @@ from anbench.reporting import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-METRICS: tuple[tuple[str, str], ...] = (
-    ("as", "Accuracy shift (pp)"),
-    ("lpr", "LPR (%)"),
-    ("ts", "Text shift (1 − cos)"),
-)
+METRICS: tuple[str, ...] = ("as", "lpr", "ts")  # panels, top to bottom
 AXIS = {"severity": "Severity", "alpha": "Mixing weight α (log scale)"}
 
 
@@ -39,7 +36,7 @@ def draw_curves(fig: Figure, data: pd.DataFrame, palette: Palette, *, parameter:
     """One panel per metric; a line per method with std-over-seeds error bars."""
     axes = fig.subplots(len(METRICS), 1, sharex=True)
     labels = list(dict.fromkeys(data["method"]))
-    for ax, (key, ylabel) in zip(axes, METRICS, strict=True):
+    for ax, key in zip(axes, METRICS, strict=True):
         sub = data[data["metric"] == key]
         for label in labels:
             line = sub[sub["method"] == label].sort_values("x_plot")
@@ -48,7 +45,7 @@ def draw_curves(fig: Figure, data: pd.DataFrame, palette: Palette, *, parameter:
             ax.errorbar(line["x_plot"], line["mean"], yerr=line["std"].fillna(0.0),
                         color=palette.get(label, "0.5"), marker="o", capsize=1.5,
                         elinewidth=0.6, label=label)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(METRIC_INFO[key].label)
         if key == "as":
             ax.axhline(0.0, color="0.25", linewidth=0.6)
     if parameter == "alpha":
@@ -116,7 +113,7 @@ def _curve_data(sub: pd.DataFrame, parameter: str) -> pd.DataFrame:
     records: list[dict[str, object]] = []
     for label in order_labels(sub["label"].unique()):
         for x in sorted(sub[parameter].unique()):
-            for key, _ in METRICS:
+            for key in METRICS:
                 cells = sub[(sub["label"] == label) & (sub[parameter] == x)
                             & (sub["metric"] == key)]
                 if cells.empty:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from anbench.metrics import METRICS as METRIC_INFO
 from anbench.registry import REPORTS
 from anbench.reporting import (
     BASE_NEW_COLUMNS,
@@ -50,7 +51,7 @@ def draw_training_noise(fig: Figure, data: pd.DataFrame, palette: Palette) -> No
         values.append(hm)
     zoom_percent(ax, values + list(bars["mean"] + bars["std"].fillna(0.0)))
     ax.set_xlabel("Training noise of ANPrompt")
-    ax.set_ylabel("HM of base/new accuracy (%)")
+    ax.set_ylabel(METRIC_INFO["hm"].label)
     figure_legend(fig, [ax], order)
 
 

@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 
 from anbench.config import ConfigError, load_config, parse_set
-from anbench.registry import BACKBONES, Registry, UnknownNameError, load_plugin
+from anbench.registry import (
+    BACKBONES,
+    DATASETS,
+    METHODS,
+    PERTURBATIONS,
+    REGISTRIES,
+    REPORTS,
+    AnbenchError,
+    Registry,
+    UnknownNameError,
+    load_plugin,
+)
 
 
 def test_unknown_name_lists_known_names():
@@ -82,6 +93,86 @@ def test_plugin_file_registers(tmp_path: Path):
     '''))
     load_plugin(str(plugin))
     assert "my-test-backbone" in BACKBONES.names()
+
+
+@pytest.mark.parametrize(("registry", "base"), [
+    (METHODS, "anbench.method.Method"),
+    (PERTURBATIONS, "anbench.perturbation.Perturbation"),
+    (DATASETS, "anbench.data.base.DatasetSource"),
+    (REPORTS, "anbench.reporting.Report"),
+    (BACKBONES, "anbench.backbones.base.Backbone"),
+])
+def test_a_plugin_of_the_wrong_base_fails_at_registration(registry: Registry, base: str):
+    assert registry.base == base
+    if registry.base_class() is None:
+        pytest.skip(f"{base} does not exist yet")
+
+    class NotAPlugin:
+        pass
+
+    with pytest.raises(AnbenchError) as info:
+        registry.register("wrong-base-test")(NotAPlugin)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"'wrong-base-test' (NotAPlugin) must subclass {base}" in message
+    with pytest.raises(AnbenchError, match="must subclass"):
+        registry.register("wrong-base-test")(lambda: None)  # not even a class
+    assert "wrong-base-test" not in registry.names()
+
+
+def test_shipped_bases_resolve_and_every_builtin_subclasses_its_base():
+    for kind, registry in REGISTRIES.items():
+        base = registry.base_class()
+        if kind != "backbones":  # the backbone base may land later: then it is checked
+            assert base is not None, f"{kind}: {registry.base} cannot be imported"
+        for entry in registry.entries():
+            assert base is None or issubclass(entry.obj, base), (kind, entry.name)
+
+
+def test_a_base_that_cannot_be_imported_yet_is_checked_once_it_exists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry: Registry[object] = Registry("thing", "anbench.backbones.builtin", "anbench.none",
+                                          base="late_base_module.Thing")
+    missing_attr: Registry[object] = Registry("thing", "anbench.backbones.builtin",
+                                              "anbench.none", base="anbench.registry.NoSuch")
+
+    class Anything:
+        pass
+
+    registry.register("early")(Anything)  # module absent: nothing to check against, no error
+    missing_attr.register("early")(Anything)  # module present, class not (yet)
+    (tmp_path / "late_base_module.py").write_text("class Thing:\n    pass\n")
+    try:
+        import late_base_module
+
+        with pytest.raises(AnbenchError, match="must subclass late_base_module.Thing"):
+            registry.register("late")(Anything)
+
+        class Good(late_base_module.Thing):
+            pass
+
+        registry.register("good")(Good)
+        assert registry.names() == ["early", "good"]
+    finally:
+        sys.modules.pop("late_base_module", None)
+
+
+def test_a_plugin_file_of_the_wrong_base_is_a_one_line_error(tmp_path: Path):
+    plugin = tmp_path / "bad_method.py"
+    plugin.write_text(textwrap.dedent('''
+        from anbench.registry import METHODS
+
+        @METHODS.register("not-a-method")
+        class NotAMethod:
+            """Forgot to subclass anbench.method.Method."""
+    '''))
+    with pytest.raises(AnbenchError) as info:
+        load_plugin(str(plugin))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "method 'not-a-method' (NotAMethod) must subclass anbench.method.Method" in message
+    assert "not-a-method" not in METHODS.names()
 
 
 def test_missing_plugin_file_is_a_clear_error(tmp_path: Path):

@@ -8,7 +8,6 @@ import pytest
 import torch
 from anbench.methods._common import (
     class_means,
-    fused_logits,
     inter_dispersion,
     intra_dispersion,
     scaled_logits,
@@ -67,10 +66,7 @@ def test_sim_loss_by_hand():
     assert sim_loss(f_0, f_0, t_c, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(1.0)
 
 
-def test_fused_and_scaled_logits_by_hand():
-    z_c = torch.tensor([[1.0, 2.0]])
-    z_r = torch.tensor([[3.0, 0.0]])
-    assert torch.allclose(fused_logits(z_c, z_r, 0.7), torch.tensor([[1.6, 1.4]]))
+def test_scaled_logits_by_hand():
     f = torch.tensor([[3.0, 4.0]])
     t = torch.tensor([[1.0, 0.0], [0.0, 5.0]])
     assert torch.allclose(scaled_logits(f, t, 10.0), torch.tensor([[6.0, 8.0]]))

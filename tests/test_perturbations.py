@@ -23,6 +23,7 @@ from anbench.perturbation import (  # noqa: E402
     GENERIC_TEMPLATES,
     TextContext,
     apply,
+    backbone_mask_token,
     build_perturbation,
     contains_class_name,
     derive_rng,
@@ -159,17 +160,62 @@ def test_mask_uses_context_mask_token():
         assert cname in out
         ws = out.replace(cname, "").replace(",", " ").replace(".", " ").split()
         assert len(ws) == len(words(text)) - 2 and set(ws) == {token}, out
-    assert make_context(text, cname).mask_token == DEFAULT_MASK_TOKEN
+    assert make_context(text, cname).mask_token == DEFAULT_MASK_TOKEN == "<mask>"
 
-    class BertLike:
-        mask_token, unk_token = "[MASK]", "[UNK]"
 
-    class UnkOnly:
-        mask_token, unk_token = None, "<unk>"
+def _bert_tokenizer(directory):
+    """open_clip's wrapper around a real Hugging Face WordPiece tokenizer (as mini's MiniLM)."""
+    from open_clip.tokenizer import HFTokenizer
+    from transformers import BertTokenizer
 
-    assert mask_token_for(BertLike()) == "[MASK]"
-    assert mask_token_for(UnkOnly()) == "<unk>"
+    from tests.tiny_models import WORDS
+
+    directory.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", *WORDS]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(directory / "vocab.txt")).save_pretrained(directory)
+    return HFTokenizer(str(directory), context_length=20)
+
+
+def test_mask_token_is_the_runs(tmp_path):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from anbench.backbones.adapter import BackboneAdapter
+    from tests.tiny_models import tiny_clip
+
+    assert mask_token_for(_bert_tokenizer(tmp_path / "bert")) == "[MASK]"
+    assert mask_token_for(SimpleTokenizer(context_length=20)) == "<mask>"  # CLIP's BPE: none
     assert mask_token_for(object()) == DEFAULT_MASK_TOKEN
+    clip = tiny_clip()  # the adapter (what a run masks with) agrees
+    assert BackboneAdapter(clip).mask_token == mask_token_for(clip.tokenizer)
+
+
+def test_preview_masks_with_the_backbones_token(tmp_path):
+    bert = _bert_tokenizer(tmp_path / "bert")
+
+    class WithTokenizer:
+        def tokenizer(self):
+            return bert
+
+    class BrokenTokenizer:
+        def tokenizer(self):
+            raise OSError("tokenizer files missing")
+
+    assert backbone_mask_token(WithTokenizer()) == "[MASK]"
+    assert backbone_mask_token(BrokenTokenizer()) == DEFAULT_MASK_TOKEN
+    assert backbone_mask_token(object()) == DEFAULT_MASK_TOKEN
+    text = "a photo of a tabby cat with dark stripes."
+    rows = preview(text, ["mask"], seed=1, mask_token=backbone_mask_token(WithTokenizer()))
+    assert all("[MASK]" in out for _, _, out in rows)
+    assert "<mask>" in preview(text, ["mask"], seed=1)[0][2]
+
+
+def test_builtin_backbones_give_their_runs_mask_token_without_weights():
+    from anbench.registry import BACKBONES
+
+    # mini's MiniLM WordPiece has [MASK]; CLIP's BPE has no mask token (the run's fallback)
+    assert backbone_mask_token(BACKBONES.get("mini")()) == "[MASK]"
+    assert backbone_mask_token(BACKBONES.get("vit-b-16")()) == "<mask>"
 
 
 def test_shuffle_permutes_words():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from PIL import Image
 from anbench.data import protocols
 from anbench.data.base import ArraySplit, LoadedDataset, PathSplit
 from anbench.registry import DATASETS
+from anbench.seeds import derive_seed
 
 
 def write_caltech(root: Path, classes: list[str], per_class: dict[str, int]) -> None:
@@ -49,12 +51,27 @@ def _files(subset) -> list[str]:
     return [Path(item).name if isinstance(item, str) else item for item, _ in subset]
 
 
-def test_stable_seed_is_fixed():
+def test_few_shot_seed_is_fixed():
     # sha256-based: the same in every process, on every machine, in every Python version
-    assert protocols.stable_seed("few-shot", "x/train", 16, 1) == \
-        protocols.stable_seed("few-shot", "x/train", 16, 1)
-    assert protocols.stable_seed("a", 1) == 13722700206037900931
-    assert protocols.stable_seed("a", 1) != protocols.stable_seed("a", 2)
+    assert derive_seed("a", 1, sep="\x1f", bits=64) == 13722700206037900931
+    assert derive_seed("a", 1, sep="\x1f", bits=64) != derive_seed("a", 2, sep="\x1f", bits=64)
+
+
+def test_few_shot_draw_is_the_historic_one():
+    """The draw is keyed exactly as before seeds had one home: SHA-256 of the parts' str()
+    joined by U+001F, the first 8 bytes little-endian (all 64 bits) seeding default_rng."""
+    labels = np.repeat(np.arange(4), [9, 3, 12, 7])
+    for seed in (1, 2, 17):
+        text = "\x1f".join(str(p) for p in ("few-shot", "ds/train", 4, seed))
+        old_seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+        rng = np.random.default_rng(old_seed)
+        expected = []
+        for label in range(4):
+            idx = np.flatnonzero(labels == label)
+            if len(idx) > 4:
+                idx = np.sort(rng.choice(idx, size=4, replace=False))
+            expected.extend(int(i) for i in idx)
+        assert protocols.sample_few_shot_indices(labels, 4, seed, "ds/train") == expected
 
 
 def test_few_shot_counts_and_cache(caltech, tmp_path):

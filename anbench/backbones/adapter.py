@@ -220,9 +220,9 @@ class BackboneAdapter(nn.Module):
     @property
     def mask_token(self) -> str:
         """The tokenizer's own mask token where it has one; CLIP's BPE has none."""
-        inner = getattr(self.tokenizer, "tokenizer", None)
-        token = getattr(inner, "mask_token", None)
-        return token if isinstance(token, str) and token else "<mask>"
+        from anbench.perturbation import mask_token_for  # one rule, shared with the preview
+
+        return mask_token_for(self.tokenizer)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on CUDA, full precision elsewhere."""

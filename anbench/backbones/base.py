@@ -1,15 +1,18 @@
-"""What a backbone plugin returns: an open_clip model plus what is needed to feed it."""
+"""The backbone plugin contract: the `Backbone` base class, its `BackboneParams`, and what
+`load` returns (`LoadedBackbone`: an open_clip model plus what is needed to feed it)."""
 
 from __future__ import annotations
 
-import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
+
+from anbench.hashing import file_digest, state_dict_digest
 
 
 class BackboneParams(BaseModel):
@@ -36,21 +39,52 @@ class LoadedBackbone:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class Backbone(ABC):
+    """Base class of backbone plugins (`@BACKBONES.register(name)` checks it is subclassed).
+
+    Subclasses set `Params` (a `BackboneParams` model) and implement `status` and `load`.
+    `builds_on_first_use` says whether a backbone that `status` reports as not ready can still
+    be used because `load` makes it (as `mini` trains itself into the cache): `anbench run` then
+    goes ahead and builds it inside the run instead of stopping, and `anbench doctor` does not
+    count it as missing for the default run.
+    """
+
+    Params: ClassVar[type[BackboneParams]] = BackboneParams
+    builds_on_first_use: ClassVar[bool] = False
+    registry_name: ClassVar[str] = ""  # set by the registry
+
+    def __init__(self, params: BackboneParams | dict[str, Any] | None = None):
+        if params is None:
+            params = self.Params()
+        elif isinstance(params, dict):
+            params = self.Params(**params)
+        elif not isinstance(params, self.Params):
+            params = self.Params(**params.model_dump())
+        self.params = params
+
+    @abstractmethod
+    def status(self, cache_dir: Path) -> tuple[bool, str]:
+        """(ready to load?, where the weights are or the exact command / path that fixes it).
+
+        Raise `AnbenchError` when it cannot be used here at all (a required package missing, a
+        damaged cache): `anbench run` then stops even for a backbone that builds on first use.
+        """
+
+    @abstractmethod
+    def load(self, cache_dir: Path, progress: bool = True, device: str = "cpu") -> LoadedBackbone:
+        """The frozen model on `device`; may build or fetch it first (`progress` shows a bar)."""
+
+
 def hash_state_dict(model: torch.nn.Module) -> str:
-    """A short content hash of a model's parameters and buffers (order-stable)."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """A backbone's `weights_hash`: `anbench.hashing.state_dict_digest` (each parameter and
+    buffer as float32 bytes under its name, in name order; 16 hex characters). Recorded in mini
+    builds, manifests and cell fingerprints, so its form must not change."""
+    return state_dict_digest(model)
 
 
 def hash_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    """`anbench.hashing.file_digest`: SHA-256 of the file's bytes, 16 hex characters."""
+    return file_digest(path, chunk=chunk)
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

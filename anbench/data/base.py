@@ -283,6 +283,10 @@ def read_descriptions(path: Path, classnames: list[str]) -> dict[str, list[str]]
         raise AnbenchError(f"descriptions file not found: {path}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise AnbenchError(f"descriptions file {path} is not UTF-8 text (binary file?)") from None
+    except OSError as exc:
+        raise AnbenchError(f"cannot read descriptions file {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise AnbenchError(f"descriptions file {path} is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):

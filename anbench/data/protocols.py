@@ -18,7 +18,6 @@ templates, descriptions and (relabelled) train / val / test views.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -32,27 +31,19 @@ from anbench.data.base import (
     LoadedDataset,
     Split,
     Subset,
-    atomic_write_text,
     read_json,
     split_labels,
 )
+from anbench.files import atomic_write_text
+from anbench.hashing import int64_array_digest
+from anbench.seeds import derive_seed
 
-PROTOCOLS = ("base-to-new", "all-classes", "cross-dataset")  # names used by config and CLI
 VAL_SHOTS_CAP = 4  # CoOp samples min(shots, 4) validation images per class
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 64-bit seed from the parts' text, identical in every process and on every machine."""
-    text = "\x1f".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
 
 
 def labels_fingerprint(labels: np.ndarray) -> str:
     """Short hash of a split's label sequence: a changed split never reuses stale indices."""
-    labels = np.ascontiguousarray(labels, dtype=np.int64)
-    digest = hashlib.sha256(len(labels).to_bytes(8, "little"))
-    digest.update(labels.astype("<i8").tobytes())
-    return digest.hexdigest()[:12]
+    return int64_array_digest(labels, length=12)
 
 
 def sample_few_shot_indices(labels: np.ndarray, shots: int, seed: int, key: str) -> list[int]:
@@ -61,7 +52,8 @@ def sample_few_shot_indices(labels: np.ndarray, shots: int, seed: int, key: str)
     A class with K or fewer items contributes all of them (no repetition).
     """
     labels = np.asarray(labels, dtype=np.int64)
-    rng = np.random.default_rng(stable_seed("few-shot", key, shots, seed))
+    # Keyed by the parts' str() joined by U+001F, all 64 bits (see anbench.seeds).
+    rng = np.random.default_rng(derive_seed("few-shot", key, shots, seed, sep="\x1f", bits=64))
     chosen: list[int] = []
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)

@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `tests.` imports in a subprocess
 
-from anbench.backbones.base import BackboneParams, LoadedBackbone  # noqa: E402
+from anbench.backbones.base import Backbone, BackboneParams, LoadedBackbone  # noqa: E402
 from anbench.data.base import ArraySplit, DatasetParams, DatasetSource, LoadedDataset  # noqa: E402
 from anbench.data.images import eval_transform  # noqa: E402
 from anbench.registry import BACKBONES, DATASETS  # noqa: E402
@@ -23,7 +23,7 @@ CLASSES = ["red square", "green square", "blue square", "red dot", "green dot", 
 
 
 @BACKBONES.register("tiny-clip")
-class TinyClip:
+class TinyClip(Backbone):
     """A 3-layer causal CLIP with random weights (tests only)."""
 
     class Params(BackboneParams):
@@ -76,5 +76,5 @@ class TinyShapes(DatasetSource):
                                f"a {name} on a dark background."] for name in CLASSES}
         return LoadedDataset("tiny-shapes", list(CLASSES),
                              ["a photo of a {}.", "an image of a {}.", "a picture of a {}."],
-                             descriptions, train=_images(6, 1), val=_images(2, 2),
+                             descriptions, train=_images(16, 1), val=_images(2, 2),
                              test=_images(4, 3))

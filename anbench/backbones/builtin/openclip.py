@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import field_validator
 
 from anbench.backbones.base import (
+    Backbone,
     BackboneParams,
     LoadedBackbone,
     freeze,
@@ -35,13 +36,12 @@ class OpenClipParams(BackboneParams):
 
 
 @BACKBONES.register("open-clip")
-class OpenClipBackbone:
+class OpenClipBackbone(Backbone):
     """Any open_clip architecture with a pretrained tag or a local weights file."""
 
     Params = OpenClipParams
-
-    def __init__(self, params: OpenClipParams | None = None):
-        self.params = params or self.Params()
+    builds_on_first_use = False  # a pretrained tag needs internet: `status` says how to fetch it
+    params: OpenClipParams
 
     def _weights_path(self) -> Path | None:
         pretrained = self.params.pretrained
@@ -52,7 +52,36 @@ class OpenClipBackbone:
             return path
         return None
 
+    def _downloaded(self, cache_dir: Path) -> Path | None:
+        """The pretrained tag's file in the cache, where open_clip puts it (None: not there).
+
+        Mirrors `open_clip.pretrained.download_pretrained`: the HF hub entry when the tag has
+        one (its .safetensors form first), else the file named by the URL.
+        """
+        import open_clip
+        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+        cfg = open_clip.get_pretrained_cfg(self.params.arch, self.params.pretrained or "")
+        root = Path(cache_dir) / "open_clip"
+        if cfg.get("hf_hub"):
+            from huggingface_hub import try_to_load_from_cache
+
+            repo, filename = os.path.split(cfg["hf_hub"])
+            filename = filename or HF_WEIGHTS_NAME
+            names = [HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else []
+            if filename != HF_WEIGHTS_NAME and filename.endswith((".bin", ".pth")):
+                names.append(filename[:-4] + ".safetensors")
+            for name in [*names, filename]:
+                found = try_to_load_from_cache(repo, name, cache_dir=str(root))
+                if isinstance(found, str):
+                    return Path(found)
+            return None
+        path = root / os.path.basename(cfg.get("url", ""))
+        return path if cfg.get("url") and path.is_file() else None
+
     def status(self, cache_dir: Path) -> tuple[bool, str]:
+        import open_clip
+
         p = self.params
         path = self._weights_path()
         if p.pretrained is None:
@@ -61,9 +90,23 @@ class OpenClipBackbone:
             if path.is_file():
                 return True, f"{p.arch} weights at {path}"
             return False, f"{p.arch} weights not found at {path}"
-        return (False, f"{p.arch} '{p.pretrained}' weights are fetched by open_clip on first use "
-                f"(needs internet once); offline, set backbones.{self.registry_name}.pretrained "
-                f"to a local weights file")
+        key = f"backbones.{self.registry_name}.pretrained"
+        if not open_clip.get_pretrained_cfg(p.arch, p.pretrained):
+            known = ", ".join(open_clip.list_pretrained_tags_by_model(p.arch)) or "(none)"
+            return False, (f"{p.arch} has no pretrained tag '{p.pretrained}' (known: {known}); "
+                           f"or set {key} to a local weights file")
+        downloaded = self._downloaded(cache_dir)
+        if downloaded is not None:
+            return True, f"{p.arch} '{p.pretrained}' weights downloaded: {downloaded}"
+        return (False, f"{p.arch} '{p.pretrained}' weights are not downloaded yet: run "
+                f"`anbench backbone build {self.registry_name}` once with internet, or set "
+                f"{key} to a local weights file")
+
+    def tokenizer(self):
+        """The tokenizer `load` gives, without loading the weights."""
+        import open_clip
+
+        return open_clip.get_tokenizer(self.params.arch)
 
     def load(self, cache_dir: Path, progress: bool = True, device: str = "cpu") -> LoadedBackbone:
         import open_clip
@@ -91,7 +134,6 @@ class OpenClipBackbone:
             preprocess_train=preprocess_train, preprocess_eval=preprocess_eval,
             weights_hash=weights, label=f"{p.arch} ({p.pretrained or 'random weights'})",
             info={"arch": p.arch, "pretrained": p.pretrained})
-
 
 
 @BACKBONES.register("vit-b-16")

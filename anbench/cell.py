@@ -1,0 +1,276 @@
+"""One cell of the grid: a method trained on one dataset, seed and training noise, evaluated.
+
+`resolve_cell` turns (config, key) into a `CellSpec` once: method parameters, training noise,
+evaluation conditions and the fingerprint that decides whether a stored cell is still current.
+`run_cell(spec, env)` trains and evaluates and returns a `CellResult`; it writes nothing. The
+runner (and any launcher or benchmark script) decides where cells run and stores the results.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from anbench import interrupts
+from anbench.backbones.base import LoadedBackbone
+from anbench.config import BenchConfig
+from anbench.data.loading import dataset_source
+from anbench.evaluation import EvalNoise
+from anbench.registry import METHODS, AnbenchError
+from anbench.store import CellKey, fingerprint
+
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+def perturbation_for(config: BenchConfig, name: str, dataset: str | None = None,
+                     backbone: str | None = None):
+    """The perturbation `name` with its configured parameters (per backbone and dataset)."""
+    from anbench.perturbation import build_perturbation
+
+    params = config.plugin_params("perturbations", name, backbone=backbone or config.run.backbone,
+                                  dataset=dataset)
+    return build_perturbation(name, params)
+
+
+def eval_conditions(config: BenchConfig, names: list[str], dataset: str | None = None,
+                    backbone: str | None = None) -> list[EvalNoise]:
+    """Every (perturbation, severity) a cell is evaluated under, besides clean."""
+    conditions = []
+    for name in names:
+        perturbation = perturbation_for(config, name, dataset, backbone)
+        conditions += [EvalNoise(perturbation, severity) for severity in perturbation.severities]
+    return conditions
+
+
+def training_steps(params: Any, num_images: int) -> int:
+    """Optimiser steps of a whole training run (the last batch of an epoch may be short)."""
+    return params.epochs * math.ceil(num_images / params.batch_size)
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything a cell needs, resolved once from the config and the plan."""
+
+    key: CellKey
+    suite: str
+    protocol: str
+    method_params: Any
+    train_noise: Any  # a Perturbation, or None
+    eval_noises: tuple[EvalNoise, ...]
+    augment_views: int | None  # pre-drawn augmented views per training image; None: no augment
+    weights_hash: str
+
+    @property
+    def method_cls(self) -> Any:
+        return METHODS.get(self.key.method)
+
+    @property
+    def trains(self) -> bool:
+        return bool(getattr(self.method_cls, "trains", True))
+
+    def identity(self) -> dict[str, Any]:
+        """What the results depend on; speed-only method switches are left out."""
+        params = self.method_params
+        return {
+            "method": params.model_dump(mode="json", exclude=set(params.speed_only)),
+            "weights": self.weights_hash, "protocol": self.protocol,
+            "augment": self.augment_views,
+            "train_noise": (self.train_noise.describe(self.key.seed)
+                            if self.train_noise is not None else None),
+            "eval": [n.perturbation.describe(self.key.seed, n.severity)
+                     for n in self.eval_noises],
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.identity())
+
+    def changed_params(self) -> dict[str, Any]:
+        """Method parameters that differ from the method's own defaults."""
+        defaults = type(self.method_params)().model_dump(mode="json")
+        current = self.method_params.model_dump(mode="json")
+        return {k: v for k, v in current.items() if defaults.get(k) != v}
+
+
+def resolve_cell(config: BenchConfig, key: CellKey, eval_noise: list[str],
+                 weights_hash: str) -> CellSpec:
+    run = config.run
+    train_noise = (perturbation_for(config, key.train_noise, key.dataset, key.backbone)
+                   if key.train_noise != "none" else None)
+    return CellSpec(
+        key=key, suite=run.suite, protocol=run.protocol,
+        method_params=config.plugin_params("methods", key.method, backbone=key.backbone,
+                                           dataset=key.dataset),
+        train_noise=train_noise,
+        eval_noises=tuple(eval_conditions(config, eval_noise, key.dataset, key.backbone)),
+        augment_views=run.augment_views if run.augment else None,
+        weights_hash=weights_hash)
+
+
+@dataclass
+class CellResult:
+    rows: pd.DataFrame
+    arrays: dict[str, Any]
+    prompts: dict[str, Any] | None
+    meta: dict[str, Any]
+    accuracies: dict[str, float]
+
+    def summary(self) -> str:
+        from anbench.metrics import harmonic_mean
+
+        text = " ".join(f"{split} {acc:5.1f}" for split, acc in self.accuracies.items())
+        if "base" in self.accuracies and "new" in self.accuracies:
+            text += f" HM {harmonic_mean(self.accuracies['base'], self.accuracies['new']):5.1f}"
+        return text
+
+
+@dataclass
+class CellData:
+    train_space: Any
+    spaces: dict[str, Any]  # split name -> label space with its test set
+    tensors: dict[str, Any]
+
+
+@dataclass
+class CellEnvironment:
+    """What the cells of one backbone share in a process: the frozen backbone and its adapter,
+    the device, caches, and the images of the dataset and seed used last."""
+
+    config: BenchConfig
+    backbone: LoadedBackbone
+    adapter: Any
+    device: torch.device
+    cache_dir: Path
+    prefix_cache: Any
+    _data: dict[tuple[str, int, int], CellData] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, config: BenchConfig, progress: bool = True) -> CellEnvironment:
+        from anbench.backbones.adapter import BackboneAdapter
+        from anbench.backbones.loading import config_cache_dir, load_backbone
+        from anbench.device import resolve_device
+        from anbench.prefix_cache import PrefixCache
+
+        run = config.run
+        device = resolve_device(run.device)
+        cache_dir = config_cache_dir(config)
+        backbone = load_backbone(config, run.backbone, str(device), progress=progress)
+        adapter = BackboneAdapter(backbone).to(device)
+        prefix_cache = PrefixCache(
+            max_bytes=int(run.prefix_cache_memory_gb * 2**30),
+            directory=cache_dir / "prefix" if run.prefix_cache_disk else None)
+        return cls(config, backbone, adapter, device, cache_dir, prefix_cache)
+
+    def data(self, dataset: str, seed: int, shots: int) -> CellData:
+        key = (dataset, seed, shots)
+        if key not in self._data:
+            self._data = {key: self._load_data(dataset, seed, shots)}  # one at a time
+        return self._data[key]
+
+    def _load_data(self, dataset: str, seed: int, shots: int) -> CellData:
+        from anbench.data.protocols import all_classes, base_to_new
+
+        config = self.config
+        loaded = dataset_source(config, dataset).load(self.cache_dir)
+        if config.run.protocol == "base-to-new":
+            base, new = base_to_new(loaded, shots, seed, self.cache_dir)
+            spaces, train_space = {"base": base, "new": new}, base
+        elif config.run.protocol == "all-classes":
+            train_space = all_classes(loaded, shots, seed, self.cache_dir)
+            spaces = {"all": train_space}
+        else:
+            raise AnbenchError(f"protocol '{config.run.protocol}' is not supported by `run`")
+        transform = self.backbone.preprocess_eval
+        tensors = {"train": _to_tensor(train_space, train_space.train, transform)}
+        if config.run.augment:
+            from anbench.view_bank import augmented_views
+
+            subset = train_space.train
+            tensors["train_views"] = augmented_views(
+                [train_space.load_image(item) for item, _ in subset],
+                self.backbone.preprocess_train, config.run.augment_views, seed,
+                ids=[f"{dataset}/{index}" for index in subset.indices])
+        for split, space in spaces.items():
+            tensors[split] = _to_tensor(space, space.test, transform)
+        return CellData(train_space, spaces, tensors)
+
+
+def _to_tensor(space: Any, subset: Any, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    images = [transform(space.load_image(item)) for item, _ in subset]
+    labels = torch.as_tensor([int(label) for _, label in subset], dtype=torch.long)
+    if not images:
+        return torch.zeros(0), labels
+    return torch.stack(images), labels
+
+
+def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = None
+             ) -> CellResult:
+    """Train the cell's method (unless it does not train) and evaluate every split."""
+    from anbench.evaluation import class_sentences, evaluate_split, result_arrays, result_rows
+    from anbench.method import TaskContext
+    from anbench.prefix_cache import preprocessing_tag
+    from anbench.training import train
+
+    started = time.time()
+    key = spec.key
+    data = env.data(key.dataset, key.seed, key.shots)
+    train_space = data.train_space
+    params = spec.method_params
+    torch.manual_seed(key.seed)
+    method = spec.method_cls(params, env.adapter).to(env.device)
+    noise = spec.train_noise
+    augment = env.config.run.augment
+    task = TaskContext(
+        dataset=key.dataset, classnames=list(train_space.classnames),
+        sentences=class_sentences(method, list(train_space.classnames), train_space.template),
+        descriptions={n: list(train_space.descriptions.get(n, []))
+                      for n in train_space.classnames},
+        templates=list(train_space.templates), seed=key.seed, device=env.device,
+        train_noise=noise, train_noise_name=key.train_noise,
+        train_noise_severity=noise.severities[0] if noise is not None else 0.0,
+        extra={"cache_dir": env.cache_dir, "weights_hash": env.backbone.weights_hash,
+               "prefix_cache": env.prefix_cache,
+               "preprocessing": preprocessing_tag(
+                   env.backbone.preprocess_train if augment else env.backbone.preprocess_eval)})
+    train_images, train_labels = data.tensors["train"]
+    method.setup(task, train_images, train_labels)
+    history: list[dict[str, float]] = []
+    if spec.trains:
+        fit_images = data.tensors.get("train_views", train_images)  # [N, V, C, H, W] augmented
+
+        def step(done: int, total: int, terms: dict[str, float]) -> None:
+            interrupts.check()
+            if progress is not None:
+                progress(done, total, terms)
+
+        history = train(method, fit_images, train_labels, params, key.seed, progress=step)
+    results = []
+    for split, space in data.spaces.items():
+        interrupts.check()
+        images, labels = data.tensors[split]
+        results.append(evaluate_split(
+            method, split, images, labels, list(space.classnames), space.template,
+            list(space.templates), space.descriptions, list(spec.eval_noises), key.seed,
+            key.dataset))
+    base = {"suite": spec.suite, "dataset": key.dataset, "backbone": key.backbone,
+            "method": key.method, "train_noise": key.train_noise, "shots": key.shots,
+            "seed": key.seed}
+    rows = pd.DataFrame(result_rows(results, list(spec.eval_noises), base))
+    meta = {
+        "seconds": round(time.time() - started, 2), "history": history,
+        "method_params": params.model_dump(mode="json"),
+        "train_noise": noise.describe(key.seed) if noise is not None else None,
+        "eval_noise": [n.perturbation.describe(key.seed, n.severity) for n in spec.eval_noises],
+        "sentences": {r.split: {"clean": r.sentences, **r.noisy_sentences} for r in results},
+        "classes": {split: list(space.classnames) for split, space in data.spaces.items()},
+    }
+    return CellResult(rows=rows, arrays=result_arrays(results),
+                      prompts=method.prompt_state() if spec.trains else None, meta=meta,
+                      accuracies={r.split: r.accuracy() for r in results})

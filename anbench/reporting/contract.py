@@ -1,0 +1,62 @@
+"""The report contract: what a registered report sees (`ReportContext`) and returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pandas as pd
+
+from anbench.reporting.figures import FigureSpec
+from anbench.reporting.labels import CLEAN, add_perturbation_labels
+from anbench.reporting.order import Palette
+from anbench.reporting.tables import Table
+
+
+@dataclass
+class ReportResult:
+    """What a report produced: tables and figures to write, notes and missing cells to show."""
+
+    tables: list[Table] = field(default_factory=list)
+    figures: list[FigureSpec] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReportContext:
+    """The results one report run sees (one backbone/shots setting), already labelled."""
+
+    results: pd.DataFrame  # every row, `label` = method or 'method (noise)'
+    main: pd.DataFrame  # one training noise per method (wsp preferred)
+    palette: Palette
+    setting: str = ""
+
+    def clean_accuracy(self, frame: pd.DataFrame | None = None,
+                       splits: Sequence[str] = ("base", "new")) -> pd.DataFrame:
+        df = self.main if frame is None else frame
+        return df[(df["eval_noise"] == CLEAN) & (df["metric"] == "acc")
+                  & df["split"].isin(splits)].reset_index(drop=True)
+
+    def perturbed(self, metrics: Sequence[str] = ("ts", "lpr", "as")) -> pd.DataFrame:
+        df = self.main
+        rows = df[(df["eval_noise"] != CLEAN) & df["metric"].isin(metrics)
+                  & (df["split"] != "base-new")]
+        return add_perturbation_labels(rows).reset_index(drop=True)
+
+
+class Report:
+    """Base class of a registered report.
+
+    Subclasses set `title` (and `order`, the position in index.md) and implement `build`, which
+    must only read the context: files are written by the machinery, so a report is testable from
+    what it returns. A report without data for itself returns notes, not an exception.
+    """
+
+    title: ClassVar[str] = ""
+    order: ClassVar[int] = 100
+    registry_name: ClassVar[str] = ""
+
+    def build(self, ctx: ReportContext) -> ReportResult:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -66,6 +66,7 @@ class CellSpec:
     eval_noises: tuple[EvalNoise, ...]
     augment_views: int | None  # pre-drawn augmented views per training image; None: no augment
     weights_hash: str
+    noise_draws: int = 1  # independent draws of every evaluation perturbation
 
     @property
     def method_cls(self) -> Any:
@@ -86,6 +87,7 @@ class CellSpec:
                             if self.train_noise is not None else None),
             "eval": [n.perturbation.describe(self.key.seed, n.severity)
                      for n in self.eval_noises],
+            "noise_draws": self.noise_draws,
         }
 
     @property
@@ -111,7 +113,7 @@ def resolve_cell(config: BenchConfig, key: CellKey, eval_noise: list[str],
         train_noise=train_noise,
         eval_noises=tuple(eval_conditions(config, eval_noise, key.dataset, key.backbone)),
         augment_views=run.augment_views if run.augment else None,
-        weights_hash=weights_hash)
+        weights_hash=weights_hash, noise_draws=run.noise_draws)
 
 
 @dataclass
@@ -237,6 +239,8 @@ def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = N
         train_noise_severity=noise.severities[0] if noise is not None else 0.0,
         extra={"cache_dir": env.cache_dir, "weights_hash": env.backbone.weights_hash,
                "prefix_cache": env.prefix_cache,
+               # DAPT's prototypes come from the training transform when views exist.
+               "train_views": data.tensors.get("train_views"),
                "preprocessing": preprocessing_tag(
                    env.backbone.preprocess_train if augment else env.backbone.preprocess_eval)})
     train_images, train_labels = data.tensors["train"]
@@ -251,6 +255,8 @@ def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = N
                 progress(done, total, terms)
 
         history = train(method, fit_images, train_labels, params, key.seed, progress=step)
+    # No perturbation may write any class name of the dataset (a label change, not noise).
+    all_classnames = [name for space in data.spaces.values() for name in space.classnames]
     results = []
     for split, space in data.spaces.items():
         interrupts.check()
@@ -258,7 +264,7 @@ def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = N
         results.append(evaluate_split(
             method, split, images, labels, list(space.classnames), space.template,
             list(space.templates), space.descriptions, list(spec.eval_noises), key.seed,
-            key.dataset))
+            key.dataset, all_classnames=all_classnames, draws=spec.noise_draws))
     base = {"suite": spec.suite, "dataset": key.dataset, "backbone": key.backbone,
             "method": key.method, "train_noise": key.train_noise, "shots": key.shots,
             "seed": key.seed}
@@ -268,6 +274,7 @@ def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = N
         "method_params": params.model_dump(mode="json"),
         "train_noise": noise.describe(key.seed) if noise is not None else None,
         "eval_noise": [n.perturbation.describe(key.seed, n.severity) for n in spec.eval_noises],
+        "noise_draws": spec.noise_draws,
         "sentences": {r.split: {"clean": r.sentences, **r.noisy_sentences} for r in results},
         "classes": {split: list(space.classnames) for split, space in data.spaces.items()},
     }

@@ -68,8 +68,12 @@ class RunSection(Strict):
     cache_dir: str | None = None
     data_root: str | None = None  # root of the CoOp datasets, for datasets that read one
     quiet: bool = False
+    tensorboard: bool = False  # also log each cell's loss terms and lr as TensorBoard events
     augment: bool = False  # train on pre-drawn augmented views (random resized crop + flip)
     augment_views: PositiveInt = 4  # views per training image; epoch e trains on view e % V
+    # Independent noise draws per (class, perturbation, severity): rows report the mean over
+    # draws and its std, so one lucky or unlucky sentence cannot make a robustness number.
+    noise_draws: PositiveInt = Field(10, le=1000)
     prefix_cache_disk: bool = False  # also store frozen prefixes under <cache_dir>/prefix/
     prefix_cache_memory_gb: float = Field(2.0, ge=0)  # in-memory budget, least recently used out
 

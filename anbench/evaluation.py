@@ -39,18 +39,44 @@ class EvalNoise:
 
 @dataclass
 class SplitResult:
+    """One split's evaluation. Perturbed entries are stacked over noise draws: sentences
+    `[K][C]`, logits `[K, N, C]`, text features `[K, C, d]`."""
+
     split: str
     labels: np.ndarray
     sentences: list[str]
     clean_logits: np.ndarray
     clean_text: np.ndarray
-    noisy_sentences: dict[str, list[str]] = field(default_factory=dict)
+    noisy_sentences: dict[str, list[list[str]]] = field(default_factory=dict)
     noisy_logits: dict[str, np.ndarray] = field(default_factory=dict)
     noisy_text: dict[str, np.ndarray] = field(default_factory=dict)
 
     def accuracy(self, key: str | None = None) -> float:
-        logits = self.clean_logits if key is None else self.noisy_logits[key]
-        return metrics.accuracy(logits, self.labels)
+        """Clean accuracy, or the mean over draws of the accuracy under condition `key`."""
+        if key is None:
+            return metrics.accuracy(self.clean_logits, self.labels)
+        return float(np.mean(self.draw_values(key, "acc")))
+
+    def draw_values(self, key: str, metric: str) -> np.ndarray:
+        """The metric under condition `key`, one value per noise draw."""
+        values = []
+        for logits, text in zip(self.noisy_logits[key], self.noisy_text[key], strict=True):
+            if metric == "acc":
+                values.append(metrics.accuracy(logits, self.labels))
+            elif metric == "ts":
+                values.append(metrics.text_shift(self.clean_text, text))
+            elif metric == "lpr":
+                values.append(metrics.logit_preservation_rate(self.clean_logits, logits))
+            elif metric == "as":
+                values.append(metrics.accuracy_shift(self.clean_logits, logits, self.labels))
+            else:
+                raise ValueError(f"unknown per-draw metric '{metric}'")
+        return np.asarray(values, dtype=np.float64)
+
+
+def draw_std(values: np.ndarray) -> float:
+    """Spread over noise draws (sample std; 0 for a single draw)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def class_sentences(method: Method, classnames: list[str], template: str) -> list[str]:
@@ -78,15 +104,22 @@ def encode_images(method: Method, images: torch.Tensor, batch_size: int = 256
 def evaluate_split(method: Method, split: str, images: torch.Tensor, labels: torch.Tensor,
                    classnames: list[str], template: str, templates: list[str],
                    descriptions: dict[str, list[str]], noises: list[EvalNoise], seed: int,
-                   dataset: str, all_classnames: list[str] | None = None) -> SplitResult:
-    """`all_classnames`: every class name of the dataset (base and new), none of which a
+                   dataset: str, all_classnames: list[str] | None = None, draws: int = 1
+                   ) -> SplitResult:
+    """Clean, then each condition `draws` times with independent noise (draw k keys the rng).
+
+    `all_classnames`: every class name of the dataset (base and new), none of which a
     perturbation may write into a sentence; default this split's."""
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
     method.eval()
     features = encode_images(method, images)
     sentences = class_sentences(method, classnames, template)
     with method.adapter.autocast():
         clean_text = method.class_features(sentences).float()
-        clean_logits = method.logits(features, clean_text, split).float()
+        conditional = method.conditional_logits(features, sentences, split)
+        clean_logits = (method.logits(features, clean_text, split) if conditional is None
+                        else conditional).float()
     result = SplitResult(split, labels.numpy(), sentences, clean_logits.cpu().numpy(),
                          clean_text.cpu().numpy())
     mask_token = method.adapter.mask_token
@@ -97,21 +130,31 @@ def evaluate_split(method: Method, split: str, images: torch.Tensor, labels: tor
     # Item ids name the class, not the split or method: every method sees the same noisy text.
     item_ids = [f"{dataset}/{name}" for name in classnames]
     for noise in noises:
-        noisy = apply(noise.perturbation, sentences, contexts, item_ids, seed, noise.severity)
-        with method.adapter.autocast():
-            noisy_text = mix_features(clean_text, method.class_features(noisy).float(),
-                                      noise.alpha)
-            noisy_logits = method.logits(features, noisy_text, split).float()
-        result.noisy_sentences[noise.key] = noisy
-        result.noisy_logits[noise.key] = noisy_logits.cpu().numpy()
-        result.noisy_text[noise.key] = noisy_text.cpu().numpy()
+        sentences_k, text_k, logits_k = [], [], []
+        for draw in range(draws):
+            noisy = apply(noise.perturbation, sentences, contexts, item_ids, seed,
+                          noise.severity, draw)
+            with method.adapter.autocast():
+                noisy_text = mix_features(clean_text, method.class_features(noisy).float(),
+                                          noise.alpha)
+                conditional = method.conditional_logits(features, noisy, split, sentences,
+                                                        noise.alpha)
+                noisy_logits = (method.logits(features, noisy_text, split) if conditional is None
+                                else conditional).float()
+            sentences_k.append(noisy)
+            text_k.append(noisy_text.cpu().numpy())
+            logits_k.append(noisy_logits.cpu().numpy())
+        result.noisy_sentences[noise.key] = sentences_k
+        result.noisy_logits[noise.key] = np.stack(logits_k)
+        result.noisy_text[noise.key] = np.stack(text_k)
     return result
 
 
 def result_rows(results: list[SplitResult], noises: list[EvalNoise], base: dict[str, Any]
                 ) -> list[dict[str, Any]]:
     """Long-table rows: acc per split and condition; ts, lpr, as per perturbed condition; hm of
-    base and new accuracy per condition when both splits were evaluated."""
+    base and new accuracy per condition when both splits were evaluated. Perturbed metrics are
+    means over noise draws, each with `<metric>_std`, its std over draws."""
     rows: list[dict[str, Any]] = []
 
     def add(split: str, eval_noise: str, severity: float, alpha: float, metric: str,
@@ -123,23 +166,25 @@ def result_rows(results: list[SplitResult], noises: list[EvalNoise], base: dict[
     for res in results:
         add(res.split, "clean", nan, nan, "acc", res.accuracy())
         for noise in noises:
-            key = noise.key
-            logits = res.noisy_logits[key]
-            add(res.split, noise.name, noise.severity, noise.alpha, "acc", res.accuracy(key))
-            add(res.split, noise.name, noise.severity, noise.alpha, "ts",
-                metrics.text_shift(res.clean_text, res.noisy_text[key]))
-            add(res.split, noise.name, noise.severity, noise.alpha, "lpr",
-                metrics.logit_preservation_rate(res.clean_logits, logits))
-            add(res.split, noise.name, noise.severity, noise.alpha, "as",
-                metrics.accuracy_shift(res.clean_logits, logits, res.labels))
+            for metric in ("acc", "ts", "lpr", "as"):
+                values = res.draw_values(noise.key, metric)
+                add(res.split, noise.name, noise.severity, noise.alpha, metric,
+                    float(np.mean(values)))
+                add(res.split, noise.name, noise.severity, noise.alpha, f"{metric}_std",
+                    draw_std(values))
     by_split = {res.split: res for res in results}
     if "base" in by_split and "new" in by_split:
         base_res, new_res = by_split["base"], by_split["new"]
         add("base-new", "clean", nan, nan, "hm",
             metrics.harmonic_mean(base_res.accuracy(), new_res.accuracy()))
         for noise in noises:
+            per_draw = np.asarray([metrics.harmonic_mean(b, n) for b, n in zip(
+                base_res.draw_values(noise.key, "acc"), new_res.draw_values(noise.key, "acc"),
+                strict=True)])
             add("base-new", noise.name, noise.severity, noise.alpha, "hm",
-                metrics.harmonic_mean(base_res.accuracy(noise.key), new_res.accuracy(noise.key)))
+                float(np.mean(per_draw)))
+            add("base-new", noise.name, noise.severity, noise.alpha, "hm_std",
+                draw_std(per_draw))
     return rows
 
 

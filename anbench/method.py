@@ -112,6 +112,20 @@ class Method(nn.Module):
         """Prediction logits [N, C] (the prediction rule may depend on the split)."""
         raise NotImplementedError
 
+    def conditional_logits(self, image_features: dict[str, torch.Tensor], sentences: list[str],
+                           split: Literal["base", "new", "all"],
+                           clean_sentences: list[str] | None = None,
+                           alpha: float = float("inf")) -> torch.Tensor | None:
+        """Logits [N, C] for methods whose class text depends on each image (CoCoOp), where
+        `logits(image_features, class_features(...))` cannot express them: the text of
+        `sentences`, mixed per image with that of `clean_sentences` at weight `alpha` as
+        evaluation mixes features. None (the default): the text does not depend on the image."""
+        return None
+
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer after the last step of each epoch (0-based `epoch` of
+        `epochs`), e.g. to aggregate prompts over epochs (PromptSRC)."""
+
     def prompt_state(self) -> dict[str, torch.Tensor]:
         """Trained prompt parameters (and `prompt_buffers`), without class-dependent buffers
         (reloadable for another label space)."""

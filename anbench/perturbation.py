@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field, field_serializer, field_validator
 from anbench.hashing import json_digest
 from anbench.registry import PERTURBATIONS, AnbenchError
 from anbench.seeds import numpy_rng
+from anbench.semantic_filter import FilterStats, SemanticFilterParams, filtered
 
 if TYPE_CHECKING:  # torch is imported lazily: listing perturbations should not pay for it
     import torch
@@ -71,6 +72,8 @@ class PerturbationParams(pydantic.BaseModel):
     severity: list[float] = Field(default_factory=lambda: [1.0])
     alpha: float = math.inf
     protect_class_names: bool = True
+    #: optional: keep a noisy sentence only if it stays close to the clean one (MiniLM cosine)
+    semantic_filter: SemanticFilterParams | None = None
 
     @field_validator("severity", mode="before")
     @classmethod
@@ -132,6 +135,10 @@ class Perturbation:
     #: Bump when a perturbation's output for the same inputs changes; stored with results.
     version: ClassVar[str] = "1"
     registry_name: ClassVar[str]
+    #: What it perturbs and how much of it one edit touches; they place it in the `--noise`
+    #: groups (`anbench.noise_groups`): modality "text"; level "char", "word", "sentence" or None.
+    modality: ClassVar[str] = "text"
+    level: ClassVar[str | None] = None
 
     def __init__(self, params: PerturbationParams | None = None):
         if params is None:
@@ -160,14 +167,32 @@ class Perturbation:
 
     def describe(self, seed: int, severity: float | None = None) -> dict[str, Any]:
         """Frozen, JSON-serialisable description stored with every result."""
+        # No filter: left out, so descriptions (and cell fingerprints) stay as they were.
+        exclude = None if getattr(self.params, "semantic_filter", None) else {"semantic_filter"}
         desc: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
-            "params": self.params.model_dump(mode="json"),
+            "params": self.params.model_dump(mode="json", exclude=exclude),
             "seed": int(seed),
         }
         if severity is not None:
             desc["severity"] = float(severity)
+        return desc
+
+    def filter_stats(self, severity: float) -> FilterStats:
+        """The semantic filter's running counts for one severity on this instance."""
+        table: dict[str, FilterStats] = self.__dict__.setdefault("_filter_stats", {})
+        return table.setdefault(_severity_key(severity), FilterStats())
+
+    def report(self, seed: int, severity: float | None = None) -> dict[str, Any]:
+        """`describe` plus what applying it did so far (the semantic filter's draws and
+        rejections, per severity); stored in a cell's meta.json, never in its fingerprint."""
+        desc = self.describe(seed, severity)
+        table: dict[str, FilterStats] = self.__dict__.get("_filter_stats", {})
+        if severity is not None and _severity_key(severity) in table:
+            desc["semantic_filter"] = table[_severity_key(severity)].as_dict()
+        elif severity is None and table:
+            desc["semantic_filter"] = {key: stats.as_dict() for key, stats in table.items()}
         return desc
 
     def fingerprint(self, seed: int, severity: float | None = None) -> str:
@@ -183,29 +208,45 @@ def _severity_key(severity: float) -> str:
     return f"{float(severity):.12g}"
 
 
-def derive_rng(seed: int, name: str, severity: float, item_id: str) -> np.random.Generator:
-    """A Generator that depends only on its arguments (see `anbench.seeds`)."""
+def derive_rng(seed: int, name: str, severity: float, item_id: str, draw: int = 0
+               ) -> np.random.Generator:
+    """A Generator that depends only on its arguments (see `anbench.seeds`). Draw 0 keeps the
+    key it had before noise draws existed, so single-draw results are unchanged."""
+    if draw:
+        return numpy_rng(int(seed), str(name), _severity_key(severity), str(item_id),
+                         f"draw{int(draw)}")
     return numpy_rng(int(seed), str(name), _severity_key(severity), str(item_id))
 
 
 def apply(p: Perturbation, texts: Sequence[str], contexts: Sequence[TextContext],
-          item_ids: Sequence[str], seed: int, severity: float) -> list[str]:
+          item_ids: Sequence[str], seed: int, severity: float, draw: int = 0) -> list[str]:
     """Perturb each text with its own derived rng: the result does not depend on order or batch.
 
-    `item_ids` must identify sentences uniquely within a run (e.g. "pets/12/3"). Severity 0 is
-    the identity for every perturbation, built-in or plugin.
+    `item_ids` must identify sentences uniquely within a run (e.g. "pets/12/3"); `draw` numbers
+    independent noise draws of the same sentences. Severity 0 is the identity for every
+    perturbation, built-in or plugin.
     """
     if not len(texts) == len(contexts) == len(item_ids):
         raise ValueError(f"apply: {len(texts)} texts, {len(contexts)} contexts, "
                          f"{len(item_ids)} item ids")
     if severity == 0:
         return list(texts)
+    spec = getattr(p.params, "semantic_filter", None)
     out = []
     for text, ctx, item_id in zip(texts, contexts, item_ids, strict=True):
-        noisy = p.perturb(text, derive_rng(seed, p.name, severity, item_id), severity, ctx)
-        if not isinstance(noisy, str):
-            raise TypeError(f"perturbation '{p.name}' returned {type(noisy).__name__}, not str")
-        out.append(noisy)
+        rng = derive_rng(seed, p.name, severity, item_id, draw)
+
+        def once(text: str = text, rng: np.random.Generator = rng,
+                 ctx: TextContext = ctx) -> str:
+            noisy = p.perturb(text, rng, severity, ctx)
+            if not isinstance(noisy, str):
+                raise TypeError(f"perturbation '{p.name}' returned {type(noisy).__name__}, "
+                                "not str")
+            return noisy
+
+        # with the semantic filter, retries continue the item's own rng stream
+        out.append(once() if spec is None else
+                   filtered(once, text, spec, p.filter_stats(severity)))
     return out
 
 

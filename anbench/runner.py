@@ -264,6 +264,7 @@ class Runner:
                 spec = resolve_cell(self.config, key, self.plan.eval_noise, weights_hash)
                 if self.store.is_complete(key, spec.fingerprint):
                     skipped += 1
+                    self._backfill_log(key)
                     continue
                 with self.store.claim(key) as mine:
                     if not mine:  # another run of this suite is on it
@@ -273,6 +274,7 @@ class Runner:
                     if stored is not None and stored.intact \
                             and stored.fingerprint == spec.fingerprint:
                         skipped += 1
+                        self._backfill_log(key)
                         continue
                     if stored is not None and stored.problem:
                         self.log(f"{key.label()}: damaged ({stored.problem}); redoing it")
@@ -304,20 +306,38 @@ class Runner:
         bar = tqdm(total=0, desc="train", unit="step", leave=False, disable=self.quiet,
                    dynamic_ncols=True)
 
+        from anbench.tensorboard_log import CellLog, clear
+
+        clear(self.store.cell_dir(spec.key))  # an old TensorBoard log would mix two runs
+        # with run.tensorboard, a fresh log written as training goes
+        events = CellLog(self.store.cell_dir(spec.key)) if self.config.run.tensorboard else None
+
         def progress(step: int, total: int, terms: dict[str, float]) -> None:
             bar.total = total
             bar.update(1)
             if terms:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in list(terms.items())[:3]})
+            if events is not None:
+                events.record(step, terms)
 
         self.store.mark_running(spec.key)
         try:
             result = run_cell(spec, self.env, progress=progress)
         finally:
             bar.close()
+            if events is not None:
+                events.close()
         self.store.write_cell(spec.key, spec.fingerprint, result.rows, result.arrays,
                               result.prompts, result.meta, weights_hash=spec.weights_hash)
         self.log(f"{spec.key.label()}: {result.summary()} ({result.meta['seconds']:.0f} s)")
+
+    def _backfill_log(self, key: CellKey) -> None:
+        """With `run.tensorboard`, a complete cell computed without it gets its log from the
+        history in its meta.json (event files are not part of the COMPLETE marker)."""
+        if self.config.run.tensorboard:
+            from anbench.tensorboard_log import backfill
+
+            backfill(self.store.cell_dir(key))
 
     def _report(self, results: Path) -> None:
         from anbench.reporting import build_report

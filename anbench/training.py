@@ -2,9 +2,19 @@
 
 Deterministic from `seed`: the epoch permutations come from a seeded `torch.Generator` (never
 the global RNG), methods initialise their prompts from the task seed in `setup`, and the backbone
-is frozen in eval mode. Schedule (Dassl / CoOp / DAPT convention, per epoch): `warmup_epochs`
-epochs at the constant `warmup_lr`, then cosine from `lr` over all `epochs`
-(lr_e = lr * (1 + cos(pi * e / epochs)) / 2 for epoch e = warmup_epochs .. epochs - 1).
+is frozen in eval mode.
+
+Schedule: Dassl's, per epoch, exactly (dassl/optim/lr_scheduler.py: `ConstantWarmupScheduler` /
+`LinearWarmupScheduler` around `CosineAnnealingLR(T_max=max_epoch)`, stepped once at the end of
+every epoch by the CoOp / DAPT trainers), which CoOp, DAPT and the ANPrompt authors' code use.
+With W = `warmup_epochs` > 0, epoch e (0-based) trains at
+    e < W:   `warmup_lr` (constant), or for linear: `warmup_lr` at e = 0, else lr * e / W;
+    e >= W:  lr * (1 + cos(pi * (e - W) / epochs)) / 2.
+The cosine restarts at the full `lr` at epoch W: when the warm-up ends, Dassl's wrapper hands
+over to its successor, which has not been stepped yet (it is still at its epoch 0), and T_max
+stays the total `epochs` (Dassl's default WARMUP_RECOUNT=True, which the references keep).
+Without warm-up (W <= 0) it is plain cosine from epoch 0.
+
 Only `method.trainable_parameters()` are optimised; each step minimises the sum of the named
 terms `method.loss` returns, under `adapter.autocast()`.
 
@@ -28,10 +38,16 @@ Progress = Callable[[int, int, dict[str, Any]], None]
 
 
 def epoch_lr(params: MethodParams, epoch: int) -> float:
-    """Learning rate of epoch `epoch` (0-based)."""
-    if epoch < params.warmup_epochs:
+    """Learning rate of epoch `epoch` (0-based), as Dassl's warm-up + cosine schedulers give it
+    (see the module docstring)."""
+    warmup = params.warmup_epochs
+    if warmup <= 0:
+        return 0.5 * params.lr * (1.0 + math.cos(math.pi * epoch / params.epochs))
+    if epoch < warmup:
+        if params.warmup_type == "linear" and epoch > 0:
+            return params.lr * epoch / warmup
         return params.warmup_lr
-    return 0.5 * params.lr * (1.0 + math.cos(math.pi * epoch / params.epochs))
+    return 0.5 * params.lr * (1.0 + math.cos(math.pi * (epoch - warmup) / params.epochs))
 
 
 def build_optimizer(parameters: list[torch.nn.Parameter],
@@ -107,6 +123,7 @@ def train(method: Method, images: torch.Tensor, labels: torch.Tensor, params: Me
                     raise FloatingPointError(f"non-finite loss at step {step}: {record}")
                 if progress is not None:
                     progress(step, total, record)
+            method.on_epoch_end(epoch, params.epochs)
     finally:
         method.eval()
     return history

@@ -237,7 +237,8 @@ def bench_eval(method: Any, test: torch.Tensor, labels: torch.Tensor,
         clean_text = None
         for noise in [None, *noises]:
             features = encode_images(method, test)
-            sentences = result.sentences if noise is None else result.noisy_sentences[noise.key]
+            sentences = (result.sentences if noise is None
+                         else result.noisy_sentences[noise.key][0])
             text = method.class_features(sentences).float()
             if noise is None:
                 clean_text = text
@@ -248,7 +249,7 @@ def bench_eval(method: Any, test: torch.Tensor, labels: torch.Tensor,
 
     naive_s, logits = median_time(naive, 1)
     diff = max([max_abs(logits["clean"], result.clean_logits)]
-               + [max_abs(logits[n.key], result.noisy_logits[n.key]) for n in noises])
+               + [max_abs(logits[n.key], result.noisy_logits[n.key][0]) for n in noises])
     return {"clean": clean_s, "reuse": reuse_s, "naive": naive_s, "logit_diff": diff,
             "conditions": len(noises)}
 

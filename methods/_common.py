@@ -6,8 +6,6 @@ The leading underscore keeps the registry's package scan from treating this as a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Any
 
@@ -15,14 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from anbench.backbones.adapter import BackboneAdapter
+from anbench.hashing import json_digest, tensor_digest
+from anbench.seeds import torch_generator
 
 
 def generator(seed: int, *parts: Any) -> torch.Generator:
     """A CPU generator that depends only on (seed, parts): each parameter group draws from its
     own stream, so adding or removing a module (an ablation) leaves the others' init unchanged."""
-    key = json.dumps([int(seed), *map(str, parts)])
-    value = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-    return torch.Generator().manual_seed(value & 0x7FFF_FFFF_FFFF_FFFF)
+    return torch_generator(int(seed), *map(str, parts))
 
 
 @torch.no_grad()
@@ -110,11 +108,6 @@ def scaled_logits(image_features: torch.Tensor, text_features: torch.Tensor,
     return scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
 
 
-def fused_logits(z_clean: torch.Tensor, z_nrvpp: torch.Tensor, s: float) -> torch.Tensor:
-    """z^f = s z^c + (1 - s) z^r."""
-    return s * z_clean + (1.0 - s) * z_nrvpp
-
-
 def wa_loss(z_clean: torch.Tensor, z_noise: torch.Tensor) -> torch.Tensor:
     """Variance-adaptive weak alignment (METHOD.md 3.4 step 7):
     sum_{i,k} p^n_ik (log p^n_ik - log p^c_ik) / ((std(z^c) + 1e-6) * B * C),
@@ -135,13 +128,8 @@ def sim_loss(f_clean: torch.Tensor, f_zero: torch.Tensor, t_clean: torch.Tensor,
 
 
 def strings_hash(strings: list[str]) -> str:
-    return hashlib.sha256(json.dumps(list(strings)).encode()).hexdigest()[:16]
+    return json_digest(list(strings))
 
 
 def tensor_hash(*tensors: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        array = tensor.detach().to("cpu").contiguous()
-        digest.update(str((array.dtype, tuple(array.shape))).encode())
-        digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return tensor_digest(*tensors, length=16)

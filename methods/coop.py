@@ -3,6 +3,11 @@
 The class text is `"X X ... X {sentence}"` with the X slots replaced by `n_ctx` shared learned
 vectors (init N(0, 0.02^2), CoOp's generic initialisation); the image side is the frozen
 encoder. Loss: cross-entropy on tau n(f) n(g)^T. DAPT extends this class.
+
+`class_sentence` sets the sentence: `name` gives the official prompt "X X ... X {class}."
+(trainers/coop.py in KaiyangZhou/CoOp; bench.yaml's vit-b-16 setting); `template` (the default,
+for mini) the dataset template, "X X ... X a photo of a {class}.", which measured as well or
+better on mini (digits, 3 seeds: CoOp HM 97.83 vs 97.64, DAPT 97.76 vs 97.45).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ class CoOpParams(MethodParams):
 
 
 @METHODS.register("coop", description="CoOp: 16 learned context vectors before the class "
-                                      "sentence (reference row)")
+                                      "sentence (reference row)",
+                  meta={"order": 1, "colour": 4})
 class CoOp(Method):
     """Learned text context; frozen image encoder."""
 

@@ -6,7 +6,10 @@
   positional embedding and the pre-norm), init uniform(-v, v), v = sqrt(6 / (3 p^2 + width)).
 - Prototypes s_c: mean over class c's training images of n(E_I(x)) from the frozen, un-prompted
   image encoder (not re-normalised), over the training label space only; cached with provenance
-  under `task.extra["cache_dir"]` when the runner gives one.
+  under `task.extra["cache_dir"]` when the runner gives one. The official code computes them
+  through the training transform: when the run augments, the runner hands the pre-drawn views
+  `[N, V, C, H, W]` as `task.extra["train_views"]` and s_c is the mean over all N * V views of
+  class c (`prototype_source: eval` keeps the un-augmented images).
 - Loss: CE + beta_v * mse(n(f_i), s_{y_i}) + beta_t * mean_{i<j} exp(-t ||n(g_i) - n(g_j)||^2).
 
 Official per-dataset (lr, beta_v, beta_t) and schedules belong in bench.yaml, not here.
@@ -19,7 +22,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,10 +59,14 @@ class DAPTParams(CoOpParams):
     beta_v: NonNegativeFloat = 0.1
     beta_t: NonNegativeFloat = 0.1
     inter_t: PositiveFloat = 2.0  # the temperature t of the inter-dispersion loss
+    # "train": prototypes from the images training sees (the augmented views when the run
+    # augments, else the eval-transform images); "eval": always the eval-transform images.
+    prototype_source: Literal["train", "eval"] = "train"
 
 
 @METHODS.register("dapt", description="DAPT: CoOp text context + shallow visual prompts with "
-                                      "intra/inter-dispersion losses (official formulas)")
+                                      "intra/inter-dispersion losses (official formulas)",
+                  meta={"order": 2, "colour": 0})
 class DAPT(CoOp):
     """CoOp text context, shallow visual prompts, prototype and dispersion losses."""
 
@@ -87,6 +94,9 @@ class DAPT(CoOp):
     def setup(self, task: TaskContext, train_images: torch.Tensor,
               train_labels: torch.Tensor) -> None:
         super().setup(task, train_images, train_labels)
+        views = task.extra.get("train_views")
+        if self.params.prototype_source == "train" and views is not None:
+            train_images = views  # [N, V, C, H, W]: the training transform's views
         prototypes, info = self._prototypes(task, train_images, train_labels)
         self.prototypes = prototypes.to(self.adapter.device)
         self.prototype_info = info
@@ -94,7 +104,11 @@ class DAPT(CoOp):
     # ------------------------------------------------------------------ prototypes
     def _prototypes(self, task: TaskContext, images: torch.Tensor, labels: torch.Tensor
                     ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """s_c from the frozen encoder over the training images (training label space only)."""
+        """s_c from the frozen encoder over the training images (training label space only);
+        `images` [N, C, H, W], or a bank of views [N, V, C, H, W] (every view counts)."""
+        if images.dim() == 5 and images.shape[0] != len(labels):
+            raise ValueError(f"{images.shape[0]} images but {len(labels)} labels")
+        views = int(images.shape[1]) if images.dim() == 5 else 0
         provenance = {
             "kind": "dapt-prototypes",
             "version": PROTOTYPE_VERSION,
@@ -103,6 +117,7 @@ class DAPT(CoOp):
             "num_classes": len(task.classnames),
             "seed": int(task.seed),
             "shots": int(len(labels)),
+            "views": views,  # 0: one un-augmented image per shot
             "images_hash": tensor_hash(images, labels),
             "backbone": self.adapter.backbone.name,
             "weights_hash": self.adapter.backbone.weights_hash,
@@ -117,6 +132,8 @@ class DAPT(CoOp):
                     return cached["prototypes"], {**provenance, "cache": "hit", "path": str(path)}
             except (OSError, RuntimeError, KeyError, AttributeError):
                 pass  # a damaged cache entry is recomputed (the computation is deterministic)
+        if views:  # every view of image i is an example of class labels[i]
+            images, labels = images.flatten(0, 1), labels.repeat_interleave(views)
         features = frozen_images(self.adapter, images)
         prototypes = class_means(features, labels, len(task.classnames)).cpu()
         info = {**provenance, "cache": "off"}

@@ -358,3 +358,84 @@ def test_zeroshot_matches_open_clip(adapter: BackboneAdapter):
     assert list(method.trainable_parameters()) == []
     assert train(method, images, torch.zeros(len(images), dtype=torch.long),
                  method.params, seed=1) == []
+
+
+def test_dapt_prototypes_from_augmented_views(adapter: BackboneAdapter, tmp_path):
+    """With the run's augmented views in `task.extra["train_views"]`, s_c is the mean over every
+    view of class c; `prototype_source: eval` keeps the eval-transform images."""
+    images, labels = data()
+    gen = torch.Generator().manual_seed(5)
+    views = images[:, None] + 0.5 * torch.randn(len(images), 3, *images.shape[1:], generator=gen)
+    with torch.no_grad():
+        def frozen(x):
+            return torch.nn.functional.normalize(adapter.encode_image(x).features, dim=-1)
+        per_view = frozen(views.flatten(0, 1)).view(len(images), 3, -1)
+        plain = frozen(images)
+    from_views = torch.stack([per_view[labels == c].mean(dim=(0, 1)) for c in range(len(BASE))])
+    from_images = torch.stack([plain[labels == c].mean(0) for c in range(len(BASE))])
+    assert not torch.allclose(from_views, from_images, atol=1e-3)  # the test can tell them apart
+
+    method = build("dapt", adapter)
+    method.setup(make_task(cache_dir=str(tmp_path), train_views=views), images, labels)
+    assert torch.allclose(method.prototypes, from_views, atol=1e-6)
+    assert method.prototype_info["views"] == 3 and method.prototype_info["cache"] == "miss"
+    again = build("dapt", adapter)
+    again.setup(make_task(cache_dir=str(tmp_path), train_views=views), images, labels)
+    assert again.prototype_info["cache"] == "hit"
+    assert torch.equal(again.prototypes, method.prototypes)
+
+    evals = build("dapt", adapter, prototype_source="eval")
+    evals.setup(make_task(cache_dir=str(tmp_path), train_views=views), images, labels)
+    assert torch.allclose(evals.prototypes, from_images, atol=1e-6)
+    assert evals.prototype_info["views"] == 0 and evals.prototype_info["cache"] == "miss"
+    without = build("dapt", adapter)  # a run without augmentation gives no views
+    without.setup(make_task(cache_dir=str(tmp_path)), images, labels)
+    assert torch.equal(without.prototypes, evals.prototypes)
+    with pytest.raises(ValueError, match="labels"):
+        build("dapt", adapter).setup(make_task(train_views=views[:-1]), images, labels)
+
+
+# ------------------------------------------------------------------ the paper's prompt form
+
+def _clip77():
+    """A tiny causal CLIP with ViT-B/16's tokenizer and 77-token context (as the vit-b-16
+    backbone loads it: open_clip.get_tokenizer('ViT-B-16'))."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    from anbench.backbones.base import LoadedBackbone, freeze, hash_state_dict
+
+    torch.manual_seed(0)
+    model = freeze(open_clip.CLIP(
+        embed_dim=24,
+        vision_cfg=CLIPVisionCfg(image_size=16, patch_size=4, width=32, layers=2, head_width=8),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=4, layers=2)))
+    return LoadedBackbone("tiny-clip-77", model, open_clip.get_tokenizer("ViT-B-16"),
+                          lambda x: x, lambda x: x, hash_state_dict(model), "tiny CLIP, 77 tokens")
+
+
+@pytest.mark.parametrize("name", ["coop", "dapt"])
+def test_vit_b_16_prompt_is_the_official_one(name: str):
+    """bench.yaml's vit-b-16 setting gives the prompt of CoOp's / DAPT's official code:
+    prompt_prefix = " ".join(["X"] * n_ctx); prompts = [prompt_prefix + " " + name + "."],
+    tokenised with CLIP's tokenizer (trainers/coop.py in KaiyangZhou/CoOp)."""
+    import open_clip
+
+    from anbench.config import load_config
+    from anbench.evaluation import class_sentences
+
+    params = load_config().plugin_params("methods", name, backbone="vit-b-16",
+                                         dataset="caltech101")
+    assert params.class_sentence == "name" and params.n_ctx == 16
+    names = ["cat", "yorkshire terrier", "t-shirt/top"]
+    method = METHODS.get(name)(params, BackboneAdapter(_clip77()))
+    task = make_task(names)
+    task.sentences = class_sentences(method, names, "a photo of a {}.")
+    images, labels = data(n_per_class=2)
+    method.setup(task, images, labels)
+    tokens = method._train_tokens
+    official = open_clip.tokenize([" ".join(["X"] * 16) + " " + n + "." for n in names])
+    assert torch.equal(tokens, official[:, :tokens.shape[1]])
+    assert not official[:, tokens.shape[1]:].any()  # trimming cut padding only
+    decoded = open_clip.get_tokenizer("ViT-B-16").decode([int(t) for t in tokens[1] if t])
+    assert decoded == "<start_of_text>" + "x " * 16 + "yorkshire terrier . <end_of_text>"

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from anbench.methods._common import (
     class_means,
     inter_dispersion,

@@ -202,3 +202,84 @@ def test_synonym_is_batch_independent(wn):
     full = apply(p, texts, ctxs, ids, 3, 0.5)
     assert full == [apply(p, [t], [c], [i], 3, 0.5)[0] for t, c, i in zip(texts, ctxs, ids,
                                                                              strict=True)]
+
+
+# ------------------------------------------------------------------ synonym's two guards
+
+STOP_HEAVY = [
+    ("a cat sitting on or under the table with its owner in the garden.", "cat"),
+    ("this is a dog that was running in front of us at night.", "dog"),
+    ("two birds or more, and then some of them fly up into the sky.", "bird"),
+    ("it is a photo of something which may be a car or a truck.", "car"),
+    ("a handbag or a purse carried in the hand by its owner.", "purse"),
+    ("a jacket worn over a shirt in cold weather.", "jacket"),
+]
+
+
+def _runs(p, sentences, class_names=(), seeds=range(30), severities=(0.5, 1.0)):
+    """(input, output, log) of `p` over sentences, seeds and severities."""
+    for text, cname in sentences:
+        ctx = make_context(text, cname, class_names=class_names)
+        for seed in seeds:
+            for severity in severities:
+                rng = derive_rng(seed, "synonym", severity, text)
+                out, log = p.perturb_with_log(text, rng, severity, ctx)
+                yield text, out, log
+
+
+def _name_count(text: str, name: str) -> int:
+    toks = [t.lower() for t, _, _ in tokenize(text)]
+    gram = [t.lower() for t, _, _ in tokenize(name)]
+    return sum(toks[i:i + len(gram)] == gram for i in range(len(toks) - len(gram) + 1))
+
+
+def test_synonym_never_replaces_or_writes_stop_words(wn):
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    p = build_perturbation("synonym", {"max_words": None})
+    replaced = 0
+    for text, out, log in _runs(p, STOP_HEAVY):
+        for old, new in log:
+            assert old.lower() not in ENGLISH_STOP_WORDS, (text, old, new)
+            new_words = [t.lower() for t, _, _ in tokenize(new) if t.isalnum()]
+            assert not all(w in ENGLISH_STOP_WORDS for w in new_words), (text, old, new)
+        # every stop word of the input is still there, in order
+        stops = [t.lower() for t, _, _ in tokenize(text) if t.lower() in ENGLISH_STOP_WORDS]
+        kept = iter(t.lower() for t, _, _ in tokenize(out))
+        assert all(any(w == k for k in kept) for w in stops), (text, out)
+        assert "oregon" not in out.lower()
+        replaced += len(log)
+    assert replaced > 300  # it still replaces the content words
+
+
+def test_synonym_never_writes_a_class_name(wn):
+    p = build_perturbation("synonym", {"max_words": None})
+    # Without the label space, synonym does write words that could be class names: take the
+    # ones it writes most often (e.g. "handbag" -> "bag", "purse" -> "bag") as classes.
+    written: dict[str, int] = {}
+    for _, _, log in _runs(p, STOP_HEAVY):
+        for _, new in log:
+            written[new.lower()] = written.get(new.lower(), 0) + 1
+    classes = sorted(written, key=lambda w: (-written[w], w))[:15]
+    # A two-word class that two separate replacements can spell together ("cold" ->
+    # "inhuman", "weather" -> "conditions"), which no single synonym contains.
+    joined = "inhuman conditions"
+    assert any(_name_count(out, joined) for _, out, _ in _runs(p, STOP_HEAVY[-1:],
+                                                                 seeds=range(200)))
+    classes += [joined, "bag", *(c for _, c in STOP_HEAVY)]
+    for text, out, _ in _runs(p, STOP_HEAVY, class_names=classes):
+        for name in classes:
+            assert _name_count(out, name) <= _name_count(text, name), (name, text, out)
+    for _, out, _ in _runs(p, STOP_HEAVY[-1:], class_names=[joined], seeds=range(200)):
+        assert _name_count(out, joined) == 0, out
+
+
+def test_synonym_accepts_a_context_without_class_names(wn):
+    """A context built the old way (no `class_names`) still works: only the sentence's own
+    class name is kept from being written."""
+    from anbench.perturbation import TextContext
+
+    p = build_perturbation("synonym")
+    text = "a handbag or a purse carried in the hand by its owner."
+    out = apply(p, [text], [TextContext("purse", 0, [])], ["x"], 1, 1.0)[0]
+    assert out != text and _name_count(out, "purse") == 1

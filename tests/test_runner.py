@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,8 @@ from anbench import metrics
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = str(REPO / "tests" / "plugins" / "tiny_suite.py")
-FAST = ["--set", "methods.coop.epochs=2", "--set", "methods.dapt.epochs=2",
+FAST = ["--set", "run.noise_draws=3", "--set", "methods.coop.epochs=2",
+        "--set", "methods.dapt.epochs=2",
         "--set", "methods.anprompt.epochs=1", "--set", "methods.anprompt.noise_samples=2"]
 
 
@@ -53,7 +55,8 @@ def test_results_table_has_every_role(finished: Path):
     assert set(table[table.method == "dapt"].train_noise) == {"none"}
     assert set(table.eval_noise) == {"clean", "drop", "wsp"}
     assert {"base", "new", "base-new"} <= set(table.split)
-    assert set(table.metric) == {"acc", "ts", "lpr", "as", "hm"}
+    assert set(table.metric) == {"acc", "ts", "lpr", "as", "hm", "acc_std", "ts_std",
+                                 "lpr_std", "as_std", "hm_std"}
     assert not table.duplicated(["method", "train_noise", "seed", "split", "eval_noise",
                                  "severity", "metric"]).any()
     for name in ("config.yaml", "manifest.json", "report/index.md"):
@@ -68,12 +71,21 @@ def test_metrics_recompute_from_stored_logits(finished: Path):
     for split in ("base", "new"):
         labels = arrays[f"{split}/labels"]
         clean, noisy = arrays[f"{split}/logits/clean"], arrays[f"{split}/logits/drop@0.3"]
+        assert noisy.shape == (3, *clean.shape)  # three noise draws
         got = rows[rows.split == split].set_index("metric").value
-        assert got["lpr"] == pytest.approx(metrics.logit_preservation_rate(clean, noisy))
-        assert got["as"] == pytest.approx(metrics.accuracy_shift(clean, noisy, labels))
-        assert got["lpr"] == pytest.approx(100 * np.mean(clean.argmax(1) == noisy.argmax(1)))
-        text = arrays[f"{split}/text/clean"], arrays[f"{split}/text/drop@0.3"]
-        assert got["ts"] == pytest.approx(metrics.text_shift(*text))
+        lpr = [metrics.logit_preservation_rate(clean, draw) for draw in noisy]
+        shift = [metrics.accuracy_shift(clean, draw, labels) for draw in noisy]
+        assert got["lpr"] == pytest.approx(np.mean(lpr))
+        assert got["lpr_std"] == pytest.approx(np.std(lpr, ddof=1))
+        assert got["as"] == pytest.approx(np.mean(shift))
+        assert got["as_std"] == pytest.approx(np.std(shift, ddof=1))
+        assert got["lpr"] == pytest.approx(100 * np.mean(clean.argmax(1) == noisy.argmax(2)))
+        clean_text, noisy_text = arrays[f"{split}/text/clean"], arrays[f"{split}/text/drop@0.3"]
+        shifts = [metrics.text_shift(clean_text, draw) for draw in noisy_text]
+        assert got["ts"] == pytest.approx(np.mean(shifts))
+    meta = json.loads((cell / "meta.json").read_text())
+    draws = meta["sentences"]["base"]["drop@0.3"]
+    assert len(draws) == 3 and len({tuple(d) for d in draws}) > 1  # independent draws
 
 
 def test_rerun_skips_complete_cells(finished: Path):

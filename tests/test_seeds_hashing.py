@@ -13,10 +13,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from anbench.methods._common import generator, strings_hash, tensor_hash
 
 from anbench import hashing, seeds
 from anbench.data.protocols import labels_fingerprint
+from anbench.methods._common import generator, strings_hash, tensor_hash
 from anbench.perturbation import build_perturbation, derive_rng
 from anbench.prefix_cache import prefix_key
 from anbench.view_bank import view_seed

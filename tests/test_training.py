@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
 
 from anbench.method import Method, MethodParams
 from anbench.training import build_optimizer, epoch_lr, train
@@ -42,9 +43,132 @@ def _data(n: int = 10):
 def test_schedule_warmup_then_cosine():
     p = MethodParams(epochs=4, lr=0.1, warmup_epochs=1, warmup_lr=1e-5)
     assert epoch_lr(p, 0) == 1e-5
-    assert epoch_lr(p, 1) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
-    assert epoch_lr(p, 2) == pytest.approx(0.05)
+    # the cosine starts over at the full lr when the warm-up ends, and T_max is all 4 epochs
+    assert epoch_lr(p, 1) == pytest.approx(0.1)
+    assert epoch_lr(p, 2) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
+    assert epoch_lr(p, 3) == pytest.approx(0.05)
     assert epoch_lr(MethodParams(epochs=4, lr=0.1, warmup_epochs=0), 0) == pytest.approx(0.1)
+    assert epoch_lr(MethodParams(epochs=4, lr=0.1, warmup_epochs=0), 2) == pytest.approx(0.05)
+    linear = MethodParams(epochs=6, lr=0.1, warmup_epochs=3, warmup_lr=1e-4,
+                          warmup_type="linear")
+    assert [epoch_lr(linear, e) for e in range(4)] == pytest.approx([1e-4, 0.1 / 3, 0.2 / 3, 0.1])
+
+
+# --- Dassl's schedulers, rebuilt from dassl/optim/lr_scheduler.py (KaiyangZhou/Dassl.pytorch):
+# the same classes minus the deprecated `verbose` argument, which current torch no longer takes.
+
+class _BaseWarmupScheduler(LRScheduler):
+    def __init__(self, optimizer, successor, warmup_epoch, last_epoch=-1):
+        self.successor = successor
+        self.warmup_epoch = warmup_epoch
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        raise NotImplementedError
+
+    def step(self, epoch=None):
+        if self.last_epoch >= self.warmup_epoch:
+            self.successor.step(epoch)
+            self._last_lr = self.successor.get_last_lr()
+        else:
+            super().step(epoch)
+
+
+class _ConstantWarmupScheduler(_BaseWarmupScheduler):
+    def __init__(self, optimizer, successor, warmup_epoch, cons_lr, last_epoch=-1):
+        self.cons_lr = cons_lr
+        super().__init__(optimizer, successor, warmup_epoch, last_epoch)
+
+    def get_lr(self):
+        if self.last_epoch >= self.warmup_epoch:
+            return self.successor.get_last_lr()
+        return [self.cons_lr for _ in self.base_lrs]
+
+
+class _LinearWarmupScheduler(_BaseWarmupScheduler):
+    def __init__(self, optimizer, successor, warmup_epoch, min_lr, last_epoch=-1):
+        self.min_lr = min_lr
+        super().__init__(optimizer, successor, warmup_epoch, last_epoch)
+
+    def get_lr(self):
+        if self.last_epoch >= self.warmup_epoch:
+            return self.successor.get_last_lr()
+        if self.last_epoch == 0:
+            return [self.min_lr for _ in self.base_lrs]
+        return [lr * self.last_epoch / self.warmup_epoch for lr in self.base_lrs]
+
+
+def _dassl_scheduler(optimizer, p: MethodParams):
+    """As dassl's build_lr_scheduler builds it for LR_SCHEDULER "cosine" (WARMUP_RECOUNT True)."""
+    scheduler = CosineAnnealingLR(optimizer, float(p.epochs))
+    if p.warmup_epochs > 0:
+        warmup = (_ConstantWarmupScheduler if p.warmup_type == "constant"
+                  else _LinearWarmupScheduler)
+        scheduler = warmup(optimizer, scheduler, p.warmup_epochs, p.warmup_lr)
+    return scheduler
+
+
+def _dassl_epoch_lrs(p: MethodParams) -> list[float]:
+    """The lr each epoch trains at when the scheduler is stepped once at the end of every epoch
+    (CoOp's / DAPT's forward_backward: `if (self.batch_idx + 1) == self.num_batches:
+    self.update_lr()`)."""
+    w = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([w], lr=p.lr, momentum=p.momentum)
+    scheduler = _dassl_scheduler(optimizer, p)
+    lrs = []
+    for _ in range(p.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no grad: a no-op that keeps torch's call-order check quiet
+        scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize(("epochs", "warmup", "kind", "lr", "warmup_lr"), [
+    (10, 1, "constant", 2e-3, 1e-5),   # CoOp / DAPT configs: WARMUP_EPOCH 1, constant 1e-5
+    (200, 1, "constant", 2e-3, 1e-5),  # their 16-shot ViT-B/16 schedule
+    (50, 1, "constant", 20.0, 1e-5),   # a DAPT per-dataset lr
+    (10, 1, "constant", 1e-3, 1e-5),   # the ANPrompt authors' 10 epochs
+    (10, 3, "constant", 2e-3, 1e-5),
+    (10, 1, "linear", 2e-3, 1e-5),
+    (200, 4, "linear", 2e-3, 1e-6),
+    (10, 0, "constant", 2e-3, 1e-5),   # no warm-up: plain cosine
+    (3, 5, "constant", 2e-3, 1e-5),    # warm-up longer than training
+])
+def test_epoch_lr_matches_dassl(epochs, warmup, kind, lr, warmup_lr):
+    p = MethodParams(epochs=epochs, lr=lr, warmup_epochs=warmup, warmup_lr=warmup_lr,
+                     warmup_type=kind)
+    expected = _dassl_epoch_lrs(p)
+    ours = [epoch_lr(p, e) for e in range(epochs)]
+    assert ours == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+def test_training_follows_dassl_lr_every_step():
+    """The trainer's SGD steps equal a reference loop driven by Dassl's scheduler: the lr is
+    constant within an epoch and changes only at epoch boundaries."""
+
+    class Pull(_Toy):  # a loss that does not depend on the batch: any shuffling gives the same
+        def loss(self, images, labels):
+            return {"fit": ((self.w - torch.tensor([3.0, -1.0])) ** 2).sum()}
+
+    p = MethodParams(epochs=6, batch_size=4, lr=0.05, warmup_epochs=1, warmup_lr=1e-3,
+                     optimizer="sgd", momentum=0.9, weight_decay=5e-4)
+    images, labels = _data(10)  # 3 steps per epoch
+    toy = Pull(p)
+    history = train(toy, images, labels, p, seed=1)
+
+    w = nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([w], lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+    scheduler = _dassl_scheduler(optimizer, p)
+    lrs = []
+    for _ in range(p.epochs):
+        for _ in range(3):
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.zero_grad()
+            ((w - torch.tensor([3.0, -1.0])) ** 2).sum().backward()
+            optimizer.step()
+        scheduler.step()
+    assert [r["lr"] for r in history] == pytest.approx(lrs, rel=1e-9)
+    assert torch.allclose(toy.w.detach(), w.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_optimizer_from_params():

@@ -10,7 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
-	$(ANBENCH) run --methods anprompt,dapt --noise all
+	$(ANBENCH) run --methods anprompt,dapt --noise paper
 
 test: setup
 	$(VENV)/bin/python -m pytest -m "not slow" -q

@@ -27,6 +27,7 @@ from anbench.registry import METHODS, AnbenchError
 from anbench.store import CellKey, fingerprint
 
 Progress = Callable[[int, int, dict[str, float]], None]
+FEATURE_MEMORY_BYTES = 2 << 30  # in-memory budget of the frozen-feature cache
 
 
 def perturbation_for(config: BenchConfig, name: str, dataset: str | None = None,
@@ -67,6 +68,8 @@ class CellSpec:
     augment_views: int | None  # pre-drawn augmented views per training image; None: no augment
     weights_hash: str
     noise_draws: int = 1  # independent draws of every evaluation perturbation
+    # cross-dataset: the datasets evaluated besides the training (source) dataset
+    eval_datasets: tuple[str, ...] = ()
 
     @property
     def method_cls(self) -> Any:
@@ -88,6 +91,8 @@ class CellSpec:
             "eval": [n.perturbation.describe(self.key.seed, n.severity)
                      for n in self.eval_noises],
             "noise_draws": self.noise_draws,
+            # only where set, so the fingerprints of the other protocols stay as they were
+            **({"eval_datasets": list(self.eval_datasets)} if self.eval_datasets else {}),
         }
 
     @property
@@ -102,7 +107,7 @@ class CellSpec:
 
 
 def resolve_cell(config: BenchConfig, key: CellKey, eval_noise: list[str],
-                 weights_hash: str) -> CellSpec:
+                 weights_hash: str, eval_datasets: list[str] | tuple[str, ...] = ()) -> CellSpec:
     run = config.run
     train_noise = (perturbation_for(config, key.train_noise, key.dataset, key.backbone)
                    if key.train_noise != "none" else None)
@@ -113,7 +118,8 @@ def resolve_cell(config: BenchConfig, key: CellKey, eval_noise: list[str],
         train_noise=train_noise,
         eval_noises=tuple(eval_conditions(config, eval_noise, key.dataset, key.backbone)),
         augment_views=run.augment_views if run.augment else None,
-        weights_hash=weights_hash, noise_draws=run.noise_draws)
+        weights_hash=weights_hash, noise_draws=run.noise_draws,
+        eval_datasets=tuple(eval_datasets) if run.protocol == "cross-dataset" else ())
 
 
 @dataclass
@@ -137,7 +143,8 @@ class CellResult:
 class CellData:
     train_space: Any
     spaces: dict[str, Any]  # split name -> label space with its test set
-    tensors: dict[str, Any]
+    tensors: dict[str, Any]  # the decoded few-shot training set ("train", "train_views")
+    images: dict[str, Any] = field(default_factory=dict)  # split name -> ImageSet (streamed)
 
 
 @dataclass
@@ -151,7 +158,8 @@ class CellEnvironment:
     device: torch.device
     cache_dir: Path
     prefix_cache: Any
-    _data: dict[tuple[str, int, int], CellData] = field(default_factory=dict)
+    feature_cache: Any = None  # a PrefixCache of frozen image features, or None (off)
+    _data: dict[tuple[Any, ...], CellData] = field(default_factory=dict)
 
     @classmethod
     def load(cls, config: BenchConfig, progress: bool = True) -> CellEnvironment:
@@ -168,16 +176,30 @@ class CellEnvironment:
         prefix_cache = PrefixCache(
             max_bytes=int(run.prefix_cache_memory_gb * 2**30),
             directory=cache_dir / "prefix" if run.prefix_cache_disk else None)
-        return cls(config, backbone, adapter, device, cache_dir, prefix_cache)
+        feature_cache = (PrefixCache(max_bytes=FEATURE_MEMORY_BYTES,
+                                     directory=cache_dir / "features")
+                         if run.feature_cache else None)
+        return cls(config, backbone, adapter, device, cache_dir, prefix_cache, feature_cache)
 
-    def data(self, dataset: str, seed: int, shots: int) -> CellData:
-        key = (dataset, seed, shots)
+    def data(self, dataset: str, seed: int, shots: int,
+             eval_datasets: tuple[str, ...] = ()) -> CellData:
+        key = (dataset, seed, shots, tuple(eval_datasets))
         if key not in self._data:
-            self._data = {key: self._load_data(dataset, seed, shots)}  # one at a time
+            self._data = {}  # one at a time: free the previous one before loading
+            self._data = {key: self._load_data(dataset, seed, shots, tuple(eval_datasets))}
         return self._data[key]
 
-    def _load_data(self, dataset: str, seed: int, shots: int) -> CellData:
-        from anbench.data.protocols import all_classes, base_to_new
+    def image_features(self, method: Any, images: Any) -> dict[str, torch.Tensor]:
+        """A test set's image features for `method`, streamed (frozen ones from the cache)."""
+        from anbench.feature_cache import image_features
+
+        return image_features(method, images, weights_hash=self.backbone.weights_hash,
+                              cache=self.feature_cache, workers=self.config.run.workers)
+
+    def _load_data(self, dataset: str, seed: int, shots: int,
+                   eval_datasets: tuple[str, ...] = ()) -> CellData:
+        from anbench.data.loader import ImageSet
+        from anbench.data.protocols import all_classes, base_to_new, cross_dataset
 
         config = self.config
         loaded = dataset_source(config, dataset).load(self.cache_dir)
@@ -187,10 +209,16 @@ class CellEnvironment:
         elif config.run.protocol == "all-classes":
             train_space = all_classes(loaded, shots, seed, self.cache_dir)
             spaces = {"all": train_space}
+        elif config.run.protocol == "cross-dataset":
+            targets = [dataset_source(config, name).load(self.cache_dir)
+                       for name in eval_datasets if name != dataset]
+            train_space, evals = cross_dataset(loaded, targets, shots, seed, self.cache_dir)
+            spaces = {dataset: train_space, **evals}  # keyed by dataset; each split "all"
         else:
             raise AnbenchError(f"protocol '{config.run.protocol}' is not supported by `run`")
         transform = self.backbone.preprocess_eval
-        tensors = {"train": _to_tensor(train_space, train_space.train, transform)}
+        tensors = {"train": _to_tensor(train_space, train_space.train, transform,
+                                       config.run.workers)}
         if config.run.augment:
             from anbench.view_bank import augmented_views
 
@@ -199,17 +227,18 @@ class CellEnvironment:
                 [train_space.load_image(item) for item, _ in subset],
                 self.backbone.preprocess_train, config.run.augment_views, seed,
                 ids=[f"{dataset}/{index}" for index in subset.indices])
-        for split, space in spaces.items():
-            tensors[split] = _to_tensor(space, space.test, transform)
-        return CellData(train_space, spaces, tensors)
+        # Test sets are streamed at evaluation, never decoded whole.
+        images = {split: ImageSet(space, space.test, transform) for split, space in spaces.items()}
+        return CellData(train_space, spaces, tensors, images)
 
 
-def _to_tensor(space: Any, subset: Any, transform: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    images = [transform(space.load_image(item)) for item, _ in subset]
-    labels = torch.as_tensor([int(label) for _, label in subset], dtype=torch.long)
-    if not images:
-        return torch.zeros(0), labels
-    return torch.stack(images), labels
+def _to_tensor(space: Any, subset: Any, transform: Any, workers: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (small) subset decoded whole: images `[N, C, H, W]` and labels."""
+    from anbench.data.loader import ImageSet
+
+    images = ImageSet(space, subset, transform)
+    return images.decode(workers), images.labels
 
 
 def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = None
@@ -222,7 +251,8 @@ def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = N
 
     started = time.time()
     key = spec.key
-    data = env.data(key.dataset, key.seed, key.shots)
+    data = env.data(key.dataset, key.seed, key.shots, spec.eval_datasets)
+    loaded = time.time()
     train_space = data.train_space
     params = spec.method_params
     torch.manual_seed(key.seed)
@@ -255,25 +285,38 @@ def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = N
                 progress(done, total, terms)
 
         history = train(method, fit_images, train_labels, params, key.seed, progress=step)
-    # No perturbation may write any class name of the dataset (a label change, not noise).
-    all_classnames = [name for space in data.spaces.values() for name in space.classnames]
+    trained = time.time()
     results = []
     for split, space in data.spaces.items():
         interrupts.check()
-        images, labels = data.tensors[split]
+        # No perturbation may write any class name of the dataset (a label change, not noise).
+        all_classnames = [name for other in data.spaces.values()
+                          if other.dataset == space.dataset for name in other.classnames]
+        images = data.images[split]
         results.append(evaluate_split(
-            method, split, images, labels, list(space.classnames), space.template,
-            list(space.templates), space.descriptions, list(spec.eval_noises), key.seed,
-            key.dataset, all_classnames=all_classnames, draws=spec.noise_draws))
+            method, space.split, env.image_features(method, images), images.labels,
+            list(space.classnames), space.template, list(space.templates), space.descriptions,
+            list(spec.eval_noises), key.seed, space.dataset, all_classnames=all_classnames,
+            draws=spec.noise_draws))
     base = {"suite": spec.suite, "dataset": key.dataset, "backbone": key.backbone,
             "method": key.method, "train_noise": key.train_noise, "shots": key.shots,
             "seed": key.seed}
-    rows = pd.DataFrame(result_rows(results, list(spec.eval_noises), base))
+    if spec.eval_datasets:  # cross-dataset: one "all" split per dataset, rows under its name
+        rows = pd.DataFrame([row for res, space in zip(results, data.spaces.values(), strict=True)
+                             for row in result_rows([res], list(spec.eval_noises),
+                                                    {**base, "dataset": space.dataset})])
+    else:
+        rows = pd.DataFrame(result_rows(results, list(spec.eval_noises), base))
+    for res, split in zip(results, data.spaces, strict=True):
+        res.split = split  # arrays, sentences and accuracies are keyed by the split's name
     meta = {
         "seconds": round(time.time() - started, 2), "history": history,
+        "timing": {"load": round(loaded - started, 3), "train": round(trained - loaded, 3),
+                   "evaluate": round(time.time() - trained, 3)},
         "method_params": params.model_dump(mode="json"),
-        "train_noise": noise.describe(key.seed) if noise is not None else None,
-        "eval_noise": [n.perturbation.describe(key.seed, n.severity) for n in spec.eval_noises],
+        # report = describe + what the semantic filter did (draws, rejections), if it is on
+        "train_noise": noise.report(key.seed) if noise is not None else None,
+        "eval_noise": [n.perturbation.report(key.seed, n.severity) for n in spec.eval_noises],
         "noise_draws": spec.noise_draws,
         "sentences": {r.split: {"clean": r.sentences, **r.noisy_sentences} for r in results},
         "classes": {split: list(space.classnames) for split, space in data.spaces.items()},

@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import typer  # noqa: E402
 
-from anbench.registry import PERTURBATIONS, REGISTRIES, AnbenchError  # noqa: E402
+from anbench.registry import REGISTRIES, AnbenchError  # noqa: E402
 
 app = typer.Typer(
     help="Robustness benchmarking and ablation toolkit for prompt tuning of CLIP-like models.",
@@ -55,6 +55,12 @@ def list_(kind: Annotated[Kind | None, typer.Argument(help="What to list (all if
         entries = REGISTRIES[name].entries()
         if len(kinds) > 1:
             typer.echo(f"{name}:")
+        if name == "perturbations":  # grouped by modality and level, then the groups
+            from anbench.noise_groups import listing
+
+            for line in listing():
+                typer.echo(("  " if len(kinds) > 1 else "") + line)
+            continue
         width = max((len(e.name) for e in entries), default=0)
         for entry in entries:
             origin = "" if entry.origin == "builtin" else f"  [{entry.origin}]"
@@ -86,8 +92,10 @@ def setup_data(quiet: Annotated[bool, typer.Option("--quiet")] = False) -> None:
 @app.command()
 def run(
     methods: Annotated[str | None, typer.Option(help="Comma-separated methods, or 'all'.")] = None,
-    noise: Annotated[str | None, typer.Option(help="Noise strategies under study: 'all', "
-                                              "'none' or a comma-separated list.")] = None,
+    noise: Annotated[str | None, typer.Option(help="Noise strategies under study: "
+                                              "perturbations and groups (all, paper, text, "
+                                              "char, word, sentence), comma-separated, or "
+                                              "'none'.")] = None,
     train_noise: Annotated[str | None, typer.Option(help="Override the training noise "
                                                     "strategies.")] = None,
     eval_noise: Annotated[str | None, typer.Option(help="Override the evaluation "
@@ -103,57 +111,73 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars (CI logs).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List cells, train nothing.")]
     = False,
+    launcher: Annotated[str | None, typer.Option(help="Where cells run: local (default), "
+                                                 "processes or slurm.")] = None,
+    workers: Annotated[int | None, typer.Option(help="processes launcher: worker processes "
+                                                "(default: one per --gpus, else 2).")] = None,
+    gpus: Annotated[str | None, typer.Option(help="processes launcher: GPUs, one worker "
+                                             "each, e.g. 0,1,2,3.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="slurm launcher: submit and "
+                                          "return; re-run to collect.")] = False,
     config: ConfigOpt = None, set_: SetOpt = None, plugin: PluginOpt = None,
 ) -> None:
     """Train every method on every dataset and seed, evaluate every perturbation, store results."""
-    from anbench.runner import run_suite
+    from anbench import api
 
-    sets = list(set_ or [])
-    flags = {"methods": methods, "noise": noise, "train_noise": train_noise,
-             "eval_noise": eval_noise, "datasets": datasets, "backbone": backbone,
-             "suite": suite, "device": device}
-    sets += [f"run.{key}={_yaml_list(value)}" for key, value in flags.items()
-             if value is not None and key not in ("backbone", "suite", "device")]
-    sets += [f"run.{key}={value}" for key, value in flags.items()
-             if value is not None and key in ("backbone", "suite", "device")]
-    if seeds is not None:
-        sets.append(f"run.seeds=[{seeds}]")
-    if shots is not None:
-        sets.append(f"run.shots={shots}")
-    if out is not None:
-        sets.append(f"run.out={out}")
-    if quiet:
-        sets.append("run.quiet=true")
-    if data_root is not None:
-        sets.append(f"run.data_root={data_root}")
-    cfg = _config(config, sets, plugin)
-    run_suite(cfg, dry_run=dry_run)
+    sets = list(set_ or []) + _launcher_sets(launcher, workers, gpus, no_wait)
+    api.run(methods=methods, noise=noise, datasets=datasets, seeds=seeds,
+            train_noise=train_noise, eval_noise=eval_noise, shots=shots, backbone=backbone,
+            suite=suite, out=out, device=device, data_root=data_root,
+            quiet=True if quiet else None, config=config, sets=sets, plugins=plugin,
+            dry_run=dry_run)
 
 
-def _yaml_list(value: str) -> str:
-    parts = [part.strip() for part in value.split(",") if part.strip()]
-    return "[" + ", ".join(f'"{part}"' for part in parts) + "]"
+def _launcher_sets(launcher: str | None, workers: int | None, gpus: str | None,
+                   no_wait: bool) -> list[str]:
+    """The launcher flags as config assignments; --workers or --gpus alone mean processes."""
+    from anbench.launchers import LAUNCHERS
+
+    if launcher is not None and launcher not in LAUNCHERS:
+        raise AnbenchError(f"--launcher '{launcher}': known: {', '.join(LAUNCHERS)}")
+    if (workers is not None or gpus is not None) and launcher in ("local", "slurm"):
+        raise AnbenchError(f"--workers and --gpus are for --launcher processes, not {launcher}"
+                           + (" (use --set launcher.slurm.gpus_per_job=N)"
+                              if launcher == "slurm" else ""))
+    sets = []
+    if workers is not None:
+        if workers < 1:
+            raise AnbenchError(f"--workers {workers}: give 1 or more")
+        sets.append(f"launcher.workers={workers}")
+    if gpus is not None:
+        parts = [part.strip() for part in gpus.split(",") if part.strip()]
+        if not parts or not all(part.isdigit() for part in parts):
+            raise AnbenchError(f"--gpus '{gpus}': give GPU indices such as 0,1,2,3")
+        sets.append(f"launcher.gpus=[{','.join(parts)}]")
+    if workers is not None or gpus is not None:
+        launcher = launcher or "processes"
+    if launcher is not None:
+        sets.append(f"run.launcher={launcher}")
+    if no_wait:
+        sets.append("launcher.wait=false")
+    return sets
 
 
 @app.command()
 def report(
     suite: Annotated[str | None, typer.Option(help="Suite name.")] = None,
     out: Annotated[Path | None, typer.Option(help="Results directory.")] = None,
-    format_: Annotated[str, typer.Option("--format", help="Table formats: md,tex,csv.")]
+    format_: Annotated[str, typer.Option("--format", help="Formats: md,tex,csv (tables), "
+                                         "png,pdf (figures), html (one index.html).")]
     = "md,tex,csv",
     config: ConfigOpt = None, set_: SetOpt = None, plugin: PluginOpt = None,
 ) -> None:
     """Regenerate paper-style tables and figures from stored results (no model is loaded)."""
-    from anbench.reporting import build_report
+    from anbench.api import write_reports
     from anbench.store import SuiteStore
 
     store = SuiteStore(_suite_root(_config(config, set_, plugin), suite, out))
-    results = store.results_path
-    if not results.is_file():
-        raise AnbenchError(f"no results at {results}; run `anbench run` first")
-    formats = [part.strip() for part in format_.split(",") if part.strip()]
-    index = build_report(results, store.root / "report", formats)
-    typer.echo(f"report written: {index}")
+    for index in write_reports(store.root, format_):
+        typer.echo(f"report written: {index}")
     _echo_stale(store, err=True)
 
 
@@ -186,6 +210,28 @@ def _echo_stale(store, err: bool = False) -> None:
 
 
 @app.command()
+def status(
+    suite: Annotated[str | None, typer.Option(help="Suite name.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results directory.")] = None,
+    config: ConfigOpt = None, set_: SetOpt = None, plugin: PluginOpt = None,
+) -> None:
+    """Pending, queued, running, complete and failed cells of a suite's latest run (with the
+    log of each failure); no model is loaded."""
+    from anbench.launchers.status import format_status, suite_status
+    from anbench.store import SuiteStore
+
+    cfg = _config(config, set_, plugin)
+    root = _suite_root(cfg, suite, out)
+    if not root.is_dir():
+        raise AnbenchError(f"no suite at {root}; run `anbench run` first")
+    store = SuiteStore(root, lock_timeout_s=cfg.launcher.lock_timeout_s,
+                       heartbeat_s=cfg.launcher.heartbeat_s)
+    launcher, cells = suite_status(store)
+    for line in format_status(root.name, launcher, cells):
+        typer.echo(line)
+
+
+@app.command()
 def prune(
     suite: Annotated[str | None, typer.Option(help="Suite name.")] = None,
     out: Annotated[Path | None, typer.Option(help="Results directory.")] = None,
@@ -205,26 +251,54 @@ def prune(
 
 
 @app.command()
+def compare(
+    a: Annotated[str, typer.Argument(help="Method A, optionally with its training noise: "
+                                          "anprompt:wsp.")],
+    b: Annotated[str, typer.Argument(help="Method B, e.g. dapt.")],
+    suite: Annotated[str | None, typer.Option(help="Suite name.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Results directory.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Comma-separated datasets (default: "
+                                                     "all).")] = None,
+    metric: Annotated[str | None, typer.Option(help="Comma-separated metrics: acc, hm, as, "
+                                                    "lpr, ts (default: all).")] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    csv: Annotated[Path | None, typer.Option(help="Also write the table to this CSV file.")]
+    = None,
+    config: ConfigOpt = None, set_: SetOpt = None, plugin: PluginOpt = None,
+) -> None:
+    """Paired differences A - B per dataset, split, condition and metric: 95% CI and p-value."""
+    from anbench.compare import compare as compare_arms
+    from anbench.compare import format_comparison
+    from anbench.files import atomic_write_text
+
+    root = _suite_root(_config(config, set_, plugin), suite, out)
+    split = lambda text: [p.strip() for p in text.split(",") if p.strip()] if text else None  # noqa: E731
+    frame, arm_a, arm_b, notes = compare_arms(root, a, b, split(dataset), split(metric),
+                                              resamples)
+    typer.echo(format_comparison(frame, arm_a, arm_b, resamples, notes), nl=False)
+    if csv is not None:
+        atomic_write_text(csv, frame.to_csv(index=False, float_format="%.6g"))
+
+
+@app.command()
 def perturb(
     text: Annotated[str, typer.Argument(help="The sentence to perturb.")],
-    noise: Annotated[str, typer.Option(help="'all' or comma-separated perturbations.")] = "all",
+    noise: Annotated[str, typer.Option(help="Perturbations and groups (all, paper, text, "
+                                            "char, word, ...), comma-separated.")] = "all",
     seed: Annotated[int, typer.Option(help="Seed.")] = 1,
     class_name: Annotated[str | None, typer.Option(help="Class name to protect.")] = None,
+    severity: Annotated[float | None, typer.Option(help="Use this severity instead of the "
+                                                   "configured ones.")] = None,
     config: ConfigOpt = None, set_: SetOpt = None, plugin: PluginOpt = None,
 ) -> None:
     """Print what each perturbation makes of a sentence."""
-    from anbench.backbones.loading import backbone_source
-    from anbench.perturbation import backbone_mask_token, preview
+    from anbench.api import perturb as perturb_text
 
-    cfg = _config(config, set_, plugin)
-    names = None if noise == "all" else [n.strip() for n in noise.split(",") if n.strip()]
-    names_all = names if names is not None else PERTURBATIONS.names()
-    params = {name: cfg.plugin_params("perturbations", name) for name in names_all}
-    # Mask with the token a run on the configured backbone uses (its tokenizer's).
-    mask_token = backbone_mask_token(backbone_source(cfg, cfg.run.backbone))
-    for name, severity, output in preview(text, names_all, seed, class_name, mask_token,
-                                          params=params):
-        typer.echo(f"{name:<10} severity={severity:g}  {output}")
+    rows = perturb_text(text, noise, seed=seed, severity=severity, class_name=class_name,
+                        config=config, sets=set_, plugins=plugin)
+    width = max((len(name) for name in rows["noise"]), default=0)
+    for name, level, output in rows.itertuples(index=False):
+        typer.echo(f"{name:<{width}}  severity={level:g}  {output}")
 
 
 @backbone_app.command("build")
@@ -258,7 +332,7 @@ def main() -> None:
         code = app(standalone_mode=False)
     except AnbenchError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # 1: cells failed, the run itself worked
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -24,6 +24,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from anbench.registry import REGISTRIES, AnbenchError, load_plugin
@@ -56,14 +57,18 @@ class RunSection(Strict):
     suite: str = "default"
     out: str = "runs"
     methods: list[str] = Field(default_factory=lambda: ["anprompt", "dapt"])
-    noise: list[str] = Field(default_factory=lambda: ["all"])
+    noise: list[str] = Field(default_factory=lambda: ["paper"])  # the paper's five strategies
     train_noise: list[str] | None = None
     eval_noise: list[str] | None = None
     datasets: list[str] = Field(default_factory=lambda: ["fashion-mnist", "digits"])
     seeds: list[int] = Field(default_factory=lambda: [1])
     shots: PositiveInt = 16
     protocol: Literal["base-to-new", "all-classes", "cross-dataset"] = "base-to-new"
+    # cross-dataset: train on this dataset (all classes), evaluate on it and on `datasets`
+    source_dataset: str | None = None
     backbone: str = "mini"
+    # where cells run: this process, worker processes here, or Slurm jobs (`launcher:` below)
+    launcher: Literal["local", "processes", "slurm"] = "local"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cache_dir: str | None = None
     data_root: str | None = None  # root of the CoOp datasets, for datasets that read one
@@ -76,6 +81,11 @@ class RunSection(Strict):
     noise_draws: PositiveInt = Field(10, le=1000)
     prefix_cache_disk: bool = False  # also store frozen prefixes under <cache_dir>/prefix/
     prefix_cache_memory_gb: float = Field(2.0, ge=0)  # in-memory budget, least recently used out
+    # Image decoding worker processes (None: one per core, at most 8; 0: in the main process).
+    workers: int | None = Field(None, ge=0, le=256)
+    # Frozen image features (zeroshot, coop) computed once per image list and backbone, kept
+    # in memory and under <cache_dir>/features/ for later cells, methods and runs.
+    feature_cache: bool = True
 
     @field_validator("methods", "noise", "train_noise", "eval_noise", "datasets", mode="before")
     @classmethod
@@ -103,11 +113,59 @@ class RunSection(Strict):
         return value
 
 
+class SlurmSection(Strict):
+    """One Slurm job per cell, submitted as a job array (anbench.launchers.slurm)."""
+
+    partition: str | None = None
+    time_min: PositiveInt = 60  # time limit of each job
+    gpus_per_job: int = Field(0, ge=0)
+    cpus_per_job: PositiveInt | None = None
+    mem_gb: float | None = Field(None, gt=0)
+    array_parallelism: PositiveInt = 64  # jobs of the array running at once
+    sbatch: dict[str, str | int | float | bool] = Field(default_factory=dict)  # extra options
+    setup: list[str] = Field(default_factory=list)  # shell lines run before each job
+    log_dir: str | None = None  # default: <out>/<suite>/slurm
+    poll_s: float = Field(10.0, gt=0)  # how often the waiting coordinator looks
+
+
+class LauncherSection(Strict):
+    """How `run.launcher` runs cells; the locks and retries apply to every launcher."""
+
+    workers: PositiveInt | None = None  # processes launcher: default one per GPU, else 2
+    gpus: list[int] = Field(default_factory=list)  # processes launcher: one worker per GPU
+    retries: int = Field(1, ge=0, le=100)  # extra attempts for a failing cell, per run
+    wait: bool = True  # slurm: wait for the jobs (False: submit and return)
+    lock_timeout_s: float = Field(300.0, gt=0)  # a lock with an older heartbeat is taken over
+    heartbeat_s: float = Field(30.0, gt=0)
+    slurm: SlurmSection = Field(default_factory=SlurmSection)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_list(cls, value: list[int]) -> list[int]:
+        if any(gpu < 0 for gpu in value) or len(set(value)) != len(value):
+            raise ValueError(f"GPU indices must be distinct and >= 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _beats_within_timeout(self) -> LauncherSection:
+        if self.heartbeat_s * 2 > self.lock_timeout_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s:g}) must be at most half of "
+                             f"lock_timeout_s ({self.lock_timeout_s:g})")
+        return self
+
+
 class Overrides(Strict):
     """Per-backbone or per-dataset parameter overrides, by plugin section."""
 
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
     perturbations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class BackboneOverrides(Overrides):
+    """A backbone's block may also set run keys that belong to a setting (e.g. the paper's
+    training augmentation for ViT-B/16)."""
+
+    run: dict[str, Any] = Field(default_factory=dict)
 
 
 class BenchConfig(Strict):
@@ -117,8 +175,9 @@ class BenchConfig(Strict):
     perturbations: dict[str, dict[str, Any]] = Field(default_factory=dict)
     backbones: dict[str, dict[str, Any]] = Field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    per_backbone: dict[str, Overrides] = Field(default_factory=dict)
+    per_backbone: dict[str, BackboneOverrides] = Field(default_factory=dict)
     per_dataset: dict[str, Overrides] = Field(default_factory=dict)
+    launcher: LauncherSection = Field(default_factory=LauncherSection)
     # Plugin parameters given on the command line (`--set methods.x.k=v`): they beat every file
     # layer, including the per_backbone / per_dataset blocks of bench.yaml.
     _cli: dict[str, Any] = PrivateAttr(default_factory=dict)
@@ -248,6 +307,7 @@ def load_config(config_file: Path | None = None, sets: list[str] | None = None,
                               f"(use --set {top}.KEY=VALUE)")
         command_line = deep_merge(command_line, update)
     raw = deep_merge(raw, command_line)
+    raw = _apply_backbone_run_block(raw, command_line)
     try:
         config = BenchConfig(**raw)
     except ValidationError as exc:
@@ -258,6 +318,22 @@ def load_config(config_file: Path | None = None, sets: list[str] | None = None,
         load_plugin(plugin)
     validate_plugin_sections(config)
     return config
+
+
+def _apply_backbone_run_block(raw: dict[str, Any], command_line: dict[str, Any]
+                              ) -> dict[str, Any]:
+    """`per_backbone.<backbone>.run` keys apply to the run section, below the command line."""
+    run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
+    backbone = run.get("backbone", RunSection.model_fields["backbone"].default)
+    blocks = raw.get("per_backbone")
+    block = blocks.get(backbone) if isinstance(blocks, dict) else None
+    extra = block.get("run") if isinstance(block, dict) else None
+    if not isinstance(extra, dict) or not extra:
+        return raw
+    from_cli = command_line.get("run", {}) if isinstance(command_line.get("run"), dict) else {}
+    merged = copy.deepcopy(raw)
+    merged["run"] = {**run, **{k: v for k, v in extra.items() if k not in from_cli}}
+    return merged
 
 
 def validate_plugin_sections(config: BenchConfig) -> None:

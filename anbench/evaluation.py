@@ -6,6 +6,7 @@ text pass over the class sentences and a matrix product.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,13 +88,18 @@ def class_sentences(method: Method, classnames: list[str], template: str) -> lis
 
 
 @torch.no_grad()
-def encode_images(method: Method, images: torch.Tensor, batch_size: int = 256
-                  ) -> dict[str, torch.Tensor]:
+def encode_images(method: Method, images: torch.Tensor | Iterable[torch.Tensor],
+                  batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """`method.encode_images` over a decoded tensor (in slices of `batch_size`) or over a stream
+    of image batches (`anbench.data.loader.ImageSet.batches`); only features are kept."""
     parts: list[dict[str, torch.Tensor]] = []
     device = method.adapter.device
+    if isinstance(images, torch.Tensor):
+        tensor = images
+        images = (tensor[start:start + batch_size] for start in range(0, len(tensor), batch_size))
     with method.adapter.autocast():
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size].to(device)
+        for batch in images:
+            batch = batch.to(device, non_blocking=True)
             parts.append({k: v.float() for k, v in method.encode_images(batch).items()})
     if not parts:
         return {}
@@ -101,7 +107,9 @@ def encode_images(method: Method, images: torch.Tensor, batch_size: int = 256
 
 
 @torch.no_grad()
-def evaluate_split(method: Method, split: str, images: torch.Tensor, labels: torch.Tensor,
+def evaluate_split(method: Method, split: str,
+                   images: torch.Tensor | Mapping[str, torch.Tensor] | Iterable[torch.Tensor],
+                   labels: torch.Tensor,
                    classnames: list[str], template: str, templates: list[str],
                    descriptions: dict[str, list[str]], noises: list[EvalNoise], seed: int,
                    dataset: str, all_classnames: list[str] | None = None, draws: int = 1
@@ -109,11 +117,14 @@ def evaluate_split(method: Method, split: str, images: torch.Tensor, labels: tor
     """Clean, then each condition `draws` times with independent noise (draw k keys the rng).
 
     `all_classnames`: every class name of the dataset (base and new), none of which a
-    perturbation may write into a sentence; default this split's."""
+    perturbation may write into a sentence; default this split's. `images`: a decoded tensor,
+    a stream of image batches, or the method's image features already computed (a mapping, as
+    `encode_images` returns; `anbench.feature_cache.image_features`)."""
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
     method.eval()
-    features = encode_images(method, images)
+    features = (dict(images) if isinstance(images, Mapping)
+                else encode_images(method, images))
     sentences = class_sentences(method, classnames, template)
     with method.adapter.autocast():
         clean_text = method.class_features(sentences).float()

@@ -75,6 +75,11 @@ class Method(nn.Module):
     # Buffers that are part of the trained prompts (e.g. ANPrompt's noise centroids N): saved
     # and reloaded with the parameters; class-dependent buffers are never listed here.
     prompt_buffers: ClassVar[tuple[str, ...]] = ()
+    # True: `encode_images` is the frozen, un-prompted encoder's {"clean": n(E_I(x))}, the same
+    # for every method that declares it, so evaluation shares one cached copy per image list
+    # (`anbench.feature_cache`). Read from the class's own body only, never inherited: a
+    # subclass that prompts the image path must not silently reuse those features.
+    frozen_image_features: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams, adapter: BackboneAdapter):
         super().__init__()

@@ -9,38 +9,35 @@ other settings stay on disk but out of results.csv (listed as stale, removed by 
 from __future__ import annotations
 
 import math
-import platform
-import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from anbench import interrupts
 from anbench.backbones.loading import backbone_source, config_cache_dir
 from anbench.cell import (
     CellEnvironment,
-    CellSpec,
     eval_conditions,
     perturbation_for,
     resolve_cell,
-    run_cell,
     training_steps,
 )
-from anbench.config import BenchConfig, dump_config
+from anbench.config import BenchConfig
 from anbench.data.loading import dataset_source
 from anbench.device import resolve_device
-from anbench.files import atomic_write_json, atomic_write_text
-from anbench.registry import BACKBONES, DATASETS, METHODS, PERTURBATIONS, AnbenchError
+from anbench.noise_groups import expand as expand_noise
+from anbench.registry import BACKBONES, DATASETS, METHODS, AnbenchError
 from anbench.store import CellKey, StoredCell, SuiteStore
 
-RUN_PROTOCOLS = ("base-to-new", "all-classes")
+if TYPE_CHECKING:
+    from anbench.launchers.execute import CellOutcome
+
+RUN_PROTOCOLS = ("base-to-new", "all-classes", "cross-dataset")
 
 
 @dataclass
@@ -53,6 +50,7 @@ class Plan:
     seeds: list[int]
     shots: int
     cells: list[CellKey] = field(default_factory=list)
+    eval_datasets: list[str] = field(default_factory=list)  # cross-dataset: evaluated only
 
 
 def _expand(values: list[str], registry: Any, what: str) -> list[str]:
@@ -76,19 +74,31 @@ def make_plan(config: BenchConfig) -> Plan:
     methods = _expand(run.methods, METHODS, "--methods")
     if not methods:
         raise AnbenchError(f"no methods selected; known: {', '.join(METHODS.names())}")
-    noise = _expand(run.noise, PERTURBATIONS, "--noise")
-    train_noise = noise if run.train_noise is None else _expand(
-        run.train_noise, PERTURBATIONS, "--train-noise")
-    eval_noise = noise if run.eval_noise is None else _expand(
-        run.eval_noise, PERTURBATIONS, "--eval-noise")
+    # perturbation names and groups (all, paper, text, char, word, ...): anbench.noise_groups
+    noise = expand_noise(run.noise, "--noise")
+    train_noise = noise if run.train_noise is None else expand_noise(
+        run.train_noise, "--train-noise")
+    eval_noise = noise if run.eval_noise is None else expand_noise(
+        run.eval_noise, "--eval-noise")
     datasets = _expand(run.datasets, DATASETS, "--datasets")
     if not datasets:
         raise AnbenchError(f"no datasets selected; known: {', '.join(DATASETS.names())}")
+    eval_datasets: list[str] = []
+    if run.protocol == "cross-dataset":  # train on the source only; evaluate on every dataset
+        if not run.source_dataset:
+            raise AnbenchError("run.protocol cross-dataset needs run.source_dataset (the "
+                               "dataset trained on, e.g. --set run.source_dataset=imagenet)")
+        DATASETS.get(run.source_dataset)
+        eval_datasets = [name for name in datasets if name != run.source_dataset]
+        if not eval_datasets:
+            raise AnbenchError("run.protocol cross-dataset needs --datasets other than the "
+                               f"source dataset '{run.source_dataset}' to evaluate on")
+        datasets = [run.source_dataset]
     BACKBONES.get(run.backbone)
     if not run.seeds:
         raise AnbenchError("no seeds selected")
     plan = Plan(run.backbone, datasets, methods, train_noise, eval_noise, list(run.seeds),
-                run.shots)
+                run.shots, eval_datasets=eval_datasets)
     for dataset in datasets:
         for method in methods:
             cls = METHODS.get(method)
@@ -113,6 +123,10 @@ def check_inputs(config: BenchConfig, plan: Plan) -> None:
         if not ok:
             raise AnbenchError(f"dataset {name}: {detail}")
         check_shots(name, source.load(config_cache_dir(config)), plan.shots)
+    for name in plan.eval_datasets:
+        ok, detail = dataset_source(config, name).status()
+        if not ok:
+            raise AnbenchError(f"dataset {name}: {detail}")
     backbone = backbone_source(config, plan.backbone)
     ok, detail = backbone.status(config_cache_dir(config))
     if not ok and not backbone.builds_on_first_use:  # e.g. mini: `load` builds it in the run
@@ -142,9 +156,14 @@ def check_shots(dataset: str, loaded: Any, shots: int) -> None:
 
 
 def run_suite(config: BenchConfig, dry_run: bool = False) -> Path | None:
+    from anbench.launchers import check_launcher
+
     plan = make_plan(config)
     check_inputs(config, plan)
-    store = SuiteStore(Path(config.run.out) / config.run.suite)
+    check_launcher(config)
+    store = SuiteStore(Path(config.run.out) / config.run.suite,
+                       lock_timeout_s=config.launcher.lock_timeout_s,
+                       heartbeat_s=config.launcher.heartbeat_s)
     if dry_run:
         print_dry_run(config, plan, store)
         return None
@@ -158,7 +177,8 @@ def current_cells(config: BenchConfig, plan: Plan, weights: Callable[[StoredCell
 
     def keep(cell: StoredCell) -> bool:
         try:
-            spec = resolve_cell(config, cell.key, plan.eval_noise, weights(cell) or "")
+            spec = resolve_cell(config, cell.key, plan.eval_noise, weights(cell) or "",
+                                plan.eval_datasets)
         except AnbenchError:  # a method, dataset or noise that is no longer registered
             return False
         return spec.fingerprint == cell.fingerprint
@@ -178,7 +198,8 @@ def print_dry_run(config: BenchConfig, plan: Plan, store: SuiteStore) -> None:
     for key in plan.cells:
         stored = store.inspect(key)
         spec = resolve_cell(config, key, plan.eval_noise,
-                            stored.weights_hash or "" if stored is not None else "")
+                            stored.weights_hash or "" if stored is not None else "",
+                            plan.eval_datasets)
         steps = 0
         if spec.trains:
             steps = training_steps(spec.method_params, _train_classes(config, key.dataset)
@@ -215,121 +236,107 @@ def _train_classes(config: BenchConfig, dataset: str) -> int:
     return loaded.num_classes
 
 
-def _versions() -> dict[str, str]:
-    versions = {}
-    for package in ("anbench", "torch", "open_clip_torch", "transformers", "nlpaug", "nltk",
-                    "numpy", "pandas"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 class Runner:
+    """The coordinator: finds the cells still to compute, hands them to the configured
+    launcher (`anbench.launchers`: local, processes or slurm), then rebuilds results.csv and
+    the report from the complete cells."""
+
     def __init__(self, config: BenchConfig, plan: Plan, store: SuiteStore):
         self.config = config
         self.plan = plan
         self.store = store
         self.quiet = config.run.quiet
-        self._run_files_written = False
+        self.env: CellEnvironment | None = None
 
     def log(self, message: str) -> None:
         tqdm.write(message)
 
     def run(self) -> Path:
+        from anbench.launchers import CellsFailed, Launch, launch
+        from anbench.launchers.execute import RunContext
+        from anbench.launchers.records import write_launch
+
         started = time.time()
-        self.env = CellEnvironment.load(self.config, progress=not self.quiet)
-        weights_hash = self.env.backbone.weights_hash
+        launcher = self.config.run.launcher
+        weights_hash = self._weights_hash(launcher)
         self.keep = current_cells(
             self.config, self.plan,
             lambda cell: weights_hash if cell.key.backbone == self.plan.backbone
             else cell.weights_hash)
-        done = skipped = busy = 0
-        bar = tqdm(self.plan.cells, desc="cells", unit="cell", disable=self.quiet,
-                   dynamic_ncols=True)
+        ctx = RunContext.create(self.config, self.plan.eval_noise, self.plan.eval_datasets,
+                                self.store.root)
+        fingerprints = {key: ctx.resolve(key, weights_hash).fingerprint
+                        for key in self.plan.cells}
+        todo, skipped = [], 0
+        for key in self.plan.cells:
+            if self.store.is_complete(key, fingerprints[key]):
+                skipped += 1
+                self._backfill_log(key)
+            else:
+                todo.append(key)
+        if todo:  # what `anbench status` reads
+            write_launch(self.store, launcher, fingerprints)
+        counts: Counter[str] = Counter()
+        bar = tqdm(total=len(self.plan.cells), initial=skipped, desc="cells", unit="cell",
+                   disable=self.quiet, dynamic_ncols=True)
+
+        def finish(outcome: CellOutcome) -> None:
+            counts[outcome.status] += 1
+            job.outcomes.append(outcome)
+            if outcome.status == "complete":
+                self._backfill_log(outcome.key)
+            bar.update(1)
+            self.store.write_results(self.keep)
+
+        job = Launch(ctx=ctx, store=self.store, todo=todo, fingerprints=fingerprints,
+                     retries=self.config.launcher.retries, log=self.log, quiet=self.quiet,
+                     finish=finish, label=bar.set_postfix_str,
+                     wait=self.config.launcher.wait, env=self.env)
         try:
-            for key in bar:
-                interrupts.check()
-                bar.set_postfix_str(key.label())
-                spec = resolve_cell(self.config, key, self.plan.eval_noise, weights_hash)
-                if self.store.is_complete(key, spec.fingerprint):
-                    skipped += 1
-                    self._backfill_log(key)
-                    continue
-                with self.store.claim(key) as mine:
-                    if not mine:  # another run of this suite is on it
-                        busy += 1
-                        continue
-                    stored = self.store.inspect(key)
-                    if stored is not None and stored.intact \
-                            and stored.fingerprint == spec.fingerprint:
-                        skipped += 1
-                        self._backfill_log(key)
-                        continue
-                    if stored is not None and stored.problem:
-                        self.log(f"{key.label()}: damaged ({stored.problem}); redoing it")
-                    self._run_and_store(spec)
-                    done += 1
-                self.store.write_results(self.keep)
+            launch(launcher, job)
         except KeyboardInterrupt:
             self.store.write_results(self.keep)
-            self.log(f"interrupted: {done} cells finished in this run are kept; re-run the "
-                     "same command to resume")
+            self.log(f"interrupted: {counts['done']} cells finished in this run are kept; "
+                     "re-run the same command to resume")
             raise
         finally:
             bar.close()
+        done, failed, skipped = counts["done"], counts["failed"], skipped + counts["complete"]
         before = _signature(self.store.results_path)
         results = self.store.write_results(self.keep)
         stale = self.store.stale_cells()
-        self.log(f"{done} cells run, {skipped} already complete, {busy} held by another run; "
-                 f"{time.time() - started:.0f} s; results: {results}")
+        summary = f"{done} cells run, {skipped} already complete, {counts['busy']} held by " \
+                  "another run"
+        summary += f", {failed} failed" if failed else ""
+        summary += f", {job.submitted} submitted to Slurm" if job.submitted else ""
+        self.log(f"{summary}; {time.time() - started:.0f} s; results: {results}")
+        suite = self.config.run.suite
         if stale:
             self.log(f"{len(stale)} stale cells (other settings) are left out of results.csv; "
-                     f"`anbench prune --suite {self.config.run.suite}` removes them")
+                     f"`anbench prune --suite {suite}` removes them")
+        if job.submitted:
+            self.log(f"`anbench status --suite {suite}` shows their progress; the same "
+                     "`anbench run` without --no-wait collects them and resubmits failures")
         report_index = self.store.root / "report" / "index.md"
         if done or _signature(results) != before or not report_index.is_file():
             self._report(results)
+        if failed:
+            raise CellsFailed(f"{failed} of {len(self.plan.cells)} cells failed (error and log "
+                              f"in each cell folder; `anbench status --suite {suite}` lists "
+                              "them); the other cells are stored; re-run to retry them")
         return results
 
-    def _run_and_store(self, spec: CellSpec) -> None:
-        self._write_run_files()
-        bar = tqdm(total=0, desc="train", unit="step", leave=False, disable=self.quiet,
-                   dynamic_ncols=True)
+    def _weights_hash(self, launcher: str) -> str:
+        """The local loop loads the whole cell environment once; other launchers' cells load
+        their own, so here the backbone is loaded on the CPU only for its weights hash (which
+        also builds a first-use backbone such as mini once, before any worker needs it)."""
+        if launcher == "local":
+            self.env = CellEnvironment.load(self.config, progress=not self.quiet)
+            return self.env.backbone.weights_hash
+        from anbench.backbones.loading import load_backbone
 
-        from anbench.tensorboard_log import CellLog, clear
-
-        clear(self.store.cell_dir(spec.key))  # an old TensorBoard log would mix two runs
-        # with run.tensorboard, a fresh log written as training goes
-        events = CellLog(self.store.cell_dir(spec.key)) if self.config.run.tensorboard else None
-
-        def progress(step: int, total: int, terms: dict[str, float]) -> None:
-            bar.total = total
-            bar.update(1)
-            if terms:
-                bar.set_postfix({k: f"{v:.3f}" for k, v in list(terms.items())[:3]})
-            if events is not None:
-                events.record(step, terms)
-
-        self.store.mark_running(spec.key)
-        try:
-            result = run_cell(spec, self.env, progress=progress)
-        finally:
-            bar.close()
-            if events is not None:
-                events.close()
-        self.store.write_cell(spec.key, spec.fingerprint, result.rows, result.arrays,
-                              result.prompts, result.meta, weights_hash=spec.weights_hash)
-        self.log(f"{spec.key.label()}: {result.summary()} ({result.meta['seconds']:.0f} s)")
+        return load_backbone(self.config, self.plan.backbone, "cpu",
+                             progress=not self.quiet).weights_hash
 
     def _backfill_log(self, key: CellKey) -> None:
         """With `run.tensorboard`, a complete cell computed without it gets its log from the
@@ -344,25 +351,6 @@ class Runner:
 
         index = build_report(results, self.store.root / "report", ["md", "tex", "csv"])
         self.log(f"report: {index}")
-
-    def _write_run_files(self) -> None:
-        """config.yaml and manifest.json describe the latest run that trained a cell."""
-        if self._run_files_written:
-            return
-        backbone = self.env.backbone
-        device = self.env.device
-        with self.store.suite_lock():
-            atomic_write_text(self.store.root / "config.yaml", dump_config(self.config))
-            atomic_write_json(self.store.root / "manifest.json", {
-                "versions": _versions(), "git_commit": _git_commit(),
-                "python": platform.python_version(), "platform": platform.platform(),
-                "device": str(device),
-                "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
-                "backbone": {"name": backbone.name, "label": backbone.label,
-                             "weights_hash": backbone.weights_hash, **backbone.info},
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            })
-        self._run_files_written = True
 
 
 def _signature(path: Path) -> tuple[int, int] | None:

@@ -6,7 +6,8 @@
     cells/<key>/       rows.csv, arrays.npz (logits, labels, text features), prompts.pt,
                        meta.json, and COMPLETE, written last
     locks/             one lock per cell (two runs of one suite never run the same cell) and
-                       one for the suite-level files
+                       one for the suite-level files: exclusive lock files with a heartbeat
+                       (anbench.locks), which also hold on network file systems
 
 COMPLETE lists every file of the cell with its size and SHA-256: a cell counts as complete only
 when all of them are present and intact, so a truncated, deleted or edited file makes the cell
@@ -29,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from filelock import FileLock, Timeout
 
 from anbench.files import (
     atomic_save_npz,
@@ -38,6 +38,7 @@ from anbench.files import (
     atomic_write_text,
 )
 from anbench.hashing import file_digest, json_digest
+from anbench.locks import LockFile
 from anbench.results_schema import RESULT_COLUMNS, RESULT_DTYPES
 
 MARKER = "COMPLETE"
@@ -86,11 +87,28 @@ class StoredCell:
         return self.problem is None and self.key is not None
 
 
+class Claim:
+    """A held (truthy) or refused (falsy) claim on a cell. `lost` turns true if another run
+    took the lock over while this one stalled: its result must then not be stored."""
+
+    def __init__(self, lock: LockFile | None):
+        self.lock = lock
+
+    def __bool__(self) -> bool:
+        return self.lock is not None
+
+    @property
+    def lost(self) -> bool:
+        return self.lock is not None and (self.lock.lost or not self.lock.held)
+
+
 class SuiteStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, lock_timeout_s: float = 300.0, heartbeat_s: float = 30.0):
         self.root = Path(root)
         self.cells_dir = self.root / "cells"
         self.locks_dir = self.root / "locks"
+        self.lock_timeout_s = lock_timeout_s
+        self.heartbeat_s = heartbeat_s
         self._verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256
 
     @property
@@ -158,31 +176,35 @@ class SuiteStore:
                 cells.append(cell)
         return cells
 
-    # ------------------------------------------------------------------ writing
+    # ------------------------------------------------------------------ locks
+    def lock(self, relpath: str) -> LockFile:
+        """The lock of a cell folder, named by its path under cells/."""
+        return LockFile(self.locks_dir / (relpath.replace("/", "__") + ".lock"),
+                        timeout_s=self.lock_timeout_s, heartbeat_s=self.heartbeat_s)
+
     @contextlib.contextmanager
-    def claim(self, key: CellKey) -> Iterator[bool]:
-        """Hold the cell's lock while running it; yields False if another run holds it.
-        The holder removes temporary files that a killed writer left in the cell folder."""
-        lock_path = self.locks_dir / (key.relpath.replace("/", "__") + ".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(lock_path))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            yield False
+    def claim(self, key: CellKey) -> Iterator[Claim]:
+        """Hold the cell's lock while running it; yields a falsy claim if another run holds
+        it. The holder removes temporary files that a killed writer left in the cell folder."""
+        lock = self.lock(key.relpath)
+        if not lock.try_acquire():
+            yield Claim(None)
             return
         try:
             remove_temp_files(self.cell_dir(key))
-            yield True
+            yield Claim(lock)
         finally:
             lock.release()
 
-    def mark_running(self, key: CellKey) -> Path:
-        """Say which process is computing the cell (for people and tools watching a run)."""
+    def mark_running(self, key: CellKey, **extra: Any) -> Path:
+        """Say which process is computing the cell (for people and tools watching a run);
+        `extra` adds e.g. the Slurm job and its log file."""
         path = self.cell_dir(key) / RUNNING
         atomic_write_json(path, {"host": socket.gethostname(), "pid": os.getpid(),
-                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
         return path
+
+    # ------------------------------------------------------------------ writing
 
     def write_cell(self, key: CellKey, cell_fingerprint: str, rows: pd.DataFrame,
                    arrays: dict[str, Any], prompts: dict[str, Any] | None,
@@ -229,8 +251,8 @@ class SuiteStore:
     @contextlib.contextmanager
     def suite_lock(self) -> Iterator[None]:
         """Serialises writers of the suite-level files; the holder clears their temp files."""
-        self.locks_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.locks_dir / "results.lock")):
+        with LockFile(self.locks_dir / "results.lock", timeout_s=self.lock_timeout_s,
+                      heartbeat_s=self.heartbeat_s):
             remove_temp_files(self.root)
             yield
 
@@ -294,13 +316,7 @@ class SuiteStore:
 def _is_running(store: SuiteStore, directory: Path) -> bool:
     """Whether another run holds the lock of an unfinished cell folder (named by its path)."""
     relpath = directory.relative_to(store.cells_dir).as_posix()
-    lock = FileLock(str(store.locks_dir / (relpath.replace("/", "__") + ".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
-    return False
+    return store.lock(relpath).holder() is not None
 
 
 def remove_temp_files(directory: Path) -> None:

@@ -33,7 +33,8 @@ from anbench.registry import METHODS
 from anbench.training import train
 
 DEFAULT_METHODS = ["zeroshot", "coop", "dapt", "anprompt", "anprompt-wo-nrvpp",
-                   "anprompt-wo-waloss", "anprompt-wo-noise"]
+                   "anprompt-wo-waloss", "anprompt-wo-noise", "cocoop", "kgcoop", "maple",
+                   "promptsrc"]
 
 
 def _tensors(space: Any, subset: Any, transform: Any, limit: int | None = None
@@ -51,7 +52,9 @@ def accuracy(method: Method, images: torch.Tensor, labels: torch.Tensor, sentenc
              split: str) -> float:
     method.eval()
     features = encode_images(method, images)
-    logits = method.logits(features, method.class_features(sentences), split)
+    logits = method.conditional_logits(features, sentences, split)  # image-conditioned text
+    if logits is None:
+        logits = method.logits(features, method.class_features(sentences), split)
     return 100.0 * float((logits.argmax(-1).cpu() == labels).float().mean())
 
 

@@ -43,6 +43,7 @@ class CoOp(Method):
 
     Params = CoOpParams
     params: CoOpParams
+    frozen_image_features = True  # shares cached test-set features
 
     def __init__(self, params: CoOpParams, adapter: BackboneAdapter):
         super().__init__(params, adapter)

@@ -25,6 +25,7 @@ class ZeroShot(Method):
 
     Params = ZeroShotParams
     trains = False
+    frozen_image_features = True  # shares cached test-set features
 
     def setup(self, task: TaskContext, train_images: torch.Tensor,
               train_labels: torch.Tensor) -> None:

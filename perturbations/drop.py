@@ -24,6 +24,7 @@ class Drop(Perturbation):
     """Delete each non-protected word with probability p (severity); punctuation stays."""
 
     Params = DropParams
+    level = "word"
 
     def perturb(self, text: str, rng: np.random.Generator, severity: float,
                 ctx: TextContext) -> str:

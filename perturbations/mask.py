@@ -30,6 +30,7 @@ class Mask(Perturbation):
     """
 
     Params = MaskParams
+    level = "word"
 
     def perturb(self, text: str, rng: np.random.Generator, severity: float,
                 ctx: TextContext) -> str:

@@ -39,6 +39,7 @@ class Shuffle(Perturbation):
     """
 
     Params = ShuffleParams
+    level = "word"
 
     def perturb(self, text: str, rng: np.random.Generator, severity: float,
                 ctx: TextContext) -> str:

@@ -130,6 +130,7 @@ class Synonym(Perturbation):
     """
 
     Params = SynonymParams
+    level = "word"
     version = "2"  # 2: stop words and class names are never written
 
     def perturb(self, text: str, rng: np.random.Generator, severity: float,

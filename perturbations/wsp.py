@@ -40,6 +40,7 @@ class Wsp(Perturbation):
     """
 
     Params = WspParams
+    level = "sentence"
 
     def perturb(self, text: str, rng: np.random.Generator, severity: float,
                 ctx: TextContext) -> str:

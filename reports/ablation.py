@@ -45,9 +45,11 @@ class AblationTable(Report):
         labels = order_labels(ours["label"].unique())
         datasets = order_datasets(ours["dataset"].unique())
         rows, notes = base_new_rows(ours, labels, "", datasets,
-                                    label_cells=lambda label: [label])
+                                    label_cells=lambda label: [label],
+                                    uncertainty=ctx.uncertainty)
         notes.append(f"Averaged over {len(datasets)} dataset(s): {', '.join(datasets)}; HM of the "
                      "averaged Base and New.")
+        notes += ctx.sample_note(ours)
         table = Table(
             name="ablation",
             title="Ablation of ANPrompt: accuracy (%) on base and new classes and HM, averaged "

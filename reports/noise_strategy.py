@@ -41,7 +41,7 @@ def draw_noise_strategy(fig: Figure, data: pd.DataFrame, palette: Palette) -> No
     for i, (ax, key) in enumerate(zip(axes, METRICS, strict=True)):
         grouped_bars(ax, data[data["metric"] == key], x="perturbation", hue="method",
                      x_order=perts, hue_order=labels, palette=palette,
-                     ticklabels=i == len(METRICS) - 1)
+                     ticklabels=i == len(METRICS) - 1, interval=("lo", "hi"))
         ax.set_ylabel(METRIC_INFO[key].label)
         sub = data[data["metric"] == key]
         if key == "as":
@@ -73,11 +73,13 @@ class NoiseStrategyReport(Report):
                 for key in METRICS:
                     sub = rows[(rows["perturbation"] == pert) & (rows["label"] == label)
                                & (rows["metric"] == key)]
-                    stat = summarise(sub, ["dataset", "split"]) if not sub.empty else None
+                    stat = (ctx.with_interval(summarise(sub, ["dataset", "split"]), sub)
+                            if not sub.empty else None)
                     cells.append(stat)
                     if stat is not None:
                         records.append({"perturbation": pert, "method": label, "metric": key,
-                                        "mean": stat.mean, "std": stat.std, "n": stat.n})
+                                        "mean": stat.mean, "std": stat.std, "n": stat.n,
+                                        "lo": stat.lo, "hi": stat.hi})
                 if any(c is not None for c in cells):
                     table_rows.append(Row([pert, label], cells, pert))
         table = Table(
@@ -88,14 +90,16 @@ class NoiseStrategyReport(Report):
             columns=[Column.for_metric(key) for key in METRICS],
             rows=table_rows,
             notes=["AS = perturbed − clean accuracy (negative = loss); ↑/↓: higher/lower is "
-                   "more robust."],
+                   "more robust.", *ctx.sample_note(rows)],
         )
+        data = pd.DataFrame.from_records(records, columns=["perturbation", "method", "metric",
+                                                           "mean", "std", "n", "lo", "hi"])
+        error_bars = ("95% bootstrap interval" if data["lo"].notna().any()
+                      else "std over seeds")
         figure = FigureSpec(
             name="noise-strategy",
-            title="TS, LPR and AS per evaluation perturbation (error bars: std over seeds)",
-            data=pd.DataFrame.from_records(records,
-                                           columns=["perturbation", "method", "metric", "mean",
-                                                    "std", "n"]),
+            title=f"TS, LPR and AS per evaluation perturbation (error bars: {error_bars})",
+            data=data,
             draw=draw_noise_strategy,
             size=(3.4, 4.8),
         )

@@ -39,8 +39,12 @@ class RobustnessSummary(Report):
             for col in COLUMNS:
                 sub = own[own["metric"] == col.key]
                 # each perturbation weighs equally, however many severities it was run at
-                cells.append(summarise(sub, ["eval_noise", "perturbation", "dataset", "split"],
-                                       weight_by=["eval_noise"]) if not sub.empty else None)
+                if sub.empty:
+                    cells.append(None)
+                    continue
+                stat = summarise(sub, ["eval_noise", "perturbation", "dataset", "split"],
+                                 weight_by=["eval_noise"])
+                cells.append(ctx.with_interval(stat, sub, weight_by=["eval_noise"]))
             table_rows.append(Row([label, str(own["eval_noise"].nunique())], cells))
         table = Table(
             name="robustness-summary",
@@ -50,7 +54,7 @@ class RobustnessSummary(Report):
             columns=list(COLUMNS),
             rows=table_rows,
             notes=[f"Perturbations: {', '.join(noises)}; each weighs equally (its severities "
-                   "averaged first)."],
+                   "averaged first).", *ctx.sample_note(rows)],
         )
         missing = describe_missing(rows, ["eval_noise", "dataset", "split"])
         return ReportResult(tables=[table], missing=missing)

@@ -74,7 +74,8 @@ class TrainingNoiseReport(Report):
         datasets = order_datasets(set(ours["dataset"]) | set(ref["dataset"]))
         noises = order_noises(ours["train_noise"].unique())
         rows, notes = base_new_rows(ours, noises, METHOD, datasets,
-                                    label_cells=lambda n: [METHOD, n])
+                                    label_cells=lambda n: [METHOD, n],
+                                    uncertainty=ctx.uncertainty)
         missing = describe_missing(ours.assign(label="anprompt (" + ours["train_noise"] + ")"),
                                    ["dataset", "split"])
         if ref.empty:
@@ -82,12 +83,14 @@ class TrainingNoiseReport(Report):
             missing.append(f"no results for {REFERENCE}")
         else:
             ref_rows, ref_notes = base_new_rows(ref, ["dapt"], REFERENCE, datasets,
-                                                label_cells=lambda lab: [lab, "(reference)"])
+                                                label_cells=lambda lab: [lab, "(reference)"],
+                                                uncertainty=ctx.uncertainty)
             rows += ref_rows
             notes += ref_notes
         if len(noises) == 1:
             notes.append(f"ANPrompt was trained with one noise only ({noises[0]})")
         notes.append("HM of Base and New accuracy averaged over datasets.")
+        notes += ctx.sample_note(pd.concat([ours, ref]))
         table = Table(
             name="training-noise",
             title="ANPrompt trained with each noise strategy: Base, New and HM accuracy (%) "

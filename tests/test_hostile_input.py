@@ -98,6 +98,14 @@ def test_command_line_beats_per_dataset_and_per_backbone(tmp_path: Path):
     assert "epochs=2" in coop_line and "lr=0.5" in coop_line and "batch_size=3" in coop_line
 
 
+def test_per_backbone_run_block_sits_below_the_command_line():
+    from anbench.config import load_config
+
+    assert load_config(None, ["run.backbone=vit-b-16"]).run.augment is True  # bench.yaml block
+    assert load_config(None, ["run.backbone=vit-b-16", "run.augment=false"]).run.augment is False
+    assert load_config(None, []).run.augment is False  # mini's default
+
+
 # ---------------------------------------------------------------- damaged cells
 def _table(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "default" / "results.csv")

@@ -472,3 +472,92 @@ def test_a_failing_report_is_recorded_not_raised(tmp_path: Path) -> None:
             build_report_info(path, tmp_path / "report", "md", reports=["nope"])
     finally:
         REPORTS._entries.pop("broken-test-report", None)
+
+
+# ----------------------------------------------------------------------------------------------
+# bootstrap intervals and significance marks from the cells' arrays (a hand-made suite)
+
+INTERVAL_METHODS = {"good": (0.85, 0.05), "twin": (0.85, 0.05), "close": (0.8475, 0.05),
+                    "bad": (0.70, 0.20)}
+
+
+@pytest.fixture(scope="module")
+def with_cells(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    from tests.synthetic_cells import write_suite
+
+    root = tmp_path_factory.mktemp("cells") / "toy"
+    write_suite(root, methods=INTERVAL_METHODS)
+    return build_report_info(root / "results.csv", root / "report", "md,csv,tex", strict=True,
+                             resamples=500)
+
+
+def test_tables_gain_intervals_and_marks_from_the_cells(with_cells: BuildResult) -> None:
+    table = with_cells.outcome("base-to-new").result.tables[0]
+    bad = table.cell(["toy", "bad"], "base")
+    # seeds 1 and 2: 71% and 72% of 400 images right; the interval brackets the mean
+    assert bad.mean == pytest.approx(71.5) and bad.lo < 71.5 < bad.hi and bad.hi - bad.lo < 10
+    assert all(c is not None and c.has_interval for r in table.rows for c in r.cells)
+    rows = {tuple(r.labels): i for i, r in enumerate(table.rows)}
+    bold, ns = table.bold(), table.not_significant()
+    p = table.p_values()
+    for col in range(3):
+        assert (rows[("toy", "good")], col) in bold and (rows[("toy", "twin")], col) in bold
+        assert (rows[("toy", "bad")], col) not in ns and p[(rows[("toy", "bad")], col)] < 0.05
+    for col in range(2):  # 'close' gets one image fewer right per seed: not significant
+        assert (rows[("toy", "close")], col) in ns
+    text = (with_cells.index.parent / "tables" / "base-to-new.md").read_text()
+    assert "n.s." in text and "95% bootstrap interval (500 resamples" in text
+    assert "n: test images per dataset and split: toy base 400, new 400; seeds per model: 2" \
+        in text
+    check_golden(with_cells.index.parent / "tables" / "base-to-new.md",
+                 GOLDEN / "intervals" / "tables" / "base-to-new.md")
+    csv_text = pd.read_csv(with_cells.index.parent / "tables" / "base-to-new.csv")
+    assert {"base_lo", "base_hi", "base_draw_std", "base_p", "hm_p"} <= set(csv_text.columns)
+    assert "\\textsuperscript{n.s.}" in (with_cells.index.parent / "tables"
+                                         / "base-to-new.tex").read_text()
+    assert "bootstrap interval" in with_cells.index.read_text()
+
+
+def test_perturbation_tables_show_draw_spread(with_cells: BuildResult) -> None:
+    from tests.synthetic_cells import DRAWS
+
+    table = with_cells.outcome("noise-strategy").result.tables[0]
+    lpr = table.cell(["drop", "bad"], "lpr")
+    assert lpr.has_interval and lpr.lo <= lpr.mean <= lpr.hi and lpr.draw_std > 0
+    text = (with_cells.index.parent / "tables" / "noise-strategy.md").read_text()
+    assert " sd " in text and f"noise draws per perturbation: {DRAWS}" in text
+    assert "(5 classes)" not in text and "(4 classes)" in text  # TS resamples the classes
+    summary = with_cells.outcome("robustness-summary").result.tables[0]
+    assert summary.cell(["bad", "1"], "as").has_interval
+    figure = with_cells.outcome("noise-strategy").result.figures[0]
+    assert figure.data["lo"].notna().all() and "bootstrap" in figure.title
+
+
+def test_intervals_leave_the_numbers_unchanged(with_cells: BuildResult, tmp_path: Path) -> None:
+    root = with_cells.index.parent.parent
+    plain = tmp_path / "results.csv"  # the same results without cells: mean ± std only
+    plain.write_bytes((root / "results.csv").read_bytes())
+    without = build_report_info(plain, tmp_path / "report", "md", strict=True)
+    for name in ("base-to-new", "noise-strategy", "robustness-summary"):
+        a = with_cells.outcome(name).result.tables[0]
+        b = without.outcome(name).result.tables[0]
+        assert [r.labels for r in a.rows] == [r.labels for r in b.rows]
+        for ra, rb in zip(a.rows, b.rows, strict=True):
+            for ca, cb in zip(ra.cells, rb.cells, strict=True):
+                assert (ca.mean, ca.std, ca.n) == (cb.mean, cb.std, cb.n)
+                assert not cb.has_interval
+
+
+def test_a_damaged_cell_loses_its_interval_not_the_report(tmp_path: Path) -> None:
+    from tests.synthetic_cells import write_suite
+
+    root = tmp_path / "toy"
+    store = write_suite(root, seeds=(1,), methods={"good": (0.8, 0.1), "bad": (0.6, 0.1)})
+    arrays = store.cells_dir / "mini/toy/bad/none/shots16-seed1/arrays.npz"
+    arrays.write_bytes(arrays.read_bytes()[:-10])
+    result = build_report_info(root / "results.csv", root / "report", "md", strict=True,
+                               resamples=200)
+    table = result.outcome("base-to-new").result.tables[0]
+    assert table.cell(["toy", "good"], "base").has_interval
+    assert not table.cell(["toy", "bad"], "base").has_interval
+    assert "bad on toy (seed 1): arrays.npz has" in result.index.read_text()

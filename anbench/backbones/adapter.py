@@ -245,6 +245,22 @@ class BackboneAdapter(nn.Module):
         prefix = " ".join([placeholder] * n_ctx)
         return self.tokenize([f"{prefix} {text}" for text in texts])
 
+    @torch.no_grad()
+    def word_embeddings(self, text: str) -> torch.Tensor:
+        """Input embeddings [n, width] of `text`'s own tokens (no [SOS]/[CLS], [EOT]/[SEP] or
+        padding), in the space `text_input` splices context into: learned context initialised
+        from words (CoCoOp's "a photo of a") starts as exactly those words."""
+        tokens = self.tokenize([text])
+        if self.text_layout == "hf":
+            ids = tokens[0][tokens[0] != self.pad_token_id][1:-1]
+            table = self._hf_embeddings.word_embeddings
+        else:
+            end = (int(self._pool_index(tokens)[0]) if self.text_pool in ("argmax", "eos")
+                   else int((tokens[0] != 0).sum()) - 1)
+            ids = tokens[0][1:end]
+            table = self._tower.token_embedding
+        return table(ids).detach().float()
+
     def trim(self, tokens: torch.Tensor) -> torch.Tensor:
         """Drop trailing token columns that no sentence's output depends on.
 

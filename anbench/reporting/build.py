@@ -24,6 +24,8 @@ from anbench.reporting.index import (
 from anbench.reporting.labels import ZEROSHOT, assign_labels
 from anbench.reporting.order import Palette, make_palette, natural_key
 from anbench.reporting.results import read_results, validate_results
+from anbench.reporting.uncertainty import Uncertainty
+from anbench.stats import DEFAULT_RESAMPLES
 
 TABLE_FORMATS: tuple[str, ...] = ("md", "tex", "csv")
 FIGURE_FORMATS: tuple[str, ...] = ("png", "pdf")
@@ -91,11 +93,14 @@ def build_report(results_csv: Path, out_dir: Path,
 def build_report_info(results_csv: Path | str, out_dir: Path | str,
                       formats: Sequence[str] | str | None = TABLE_FORMATS, *,
                       reports: Sequence[str] | None = None, strict: bool = False,
-                      frame: pd.DataFrame | None = None) -> BuildResult:
+                      frame: pd.DataFrame | None = None, suite_root: Path | str | None = None,
+                      resamples: int = DEFAULT_RESAMPLES) -> BuildResult:
     """Like `build_report`, returning what each report produced, wrote and found missing.
 
     `strict` re-raises a report's exception (tests); otherwise it is recorded in index.md so one
     broken report does not take the others down. `frame` supplies results already in memory.
+    Bootstrap intervals (`resamples` resamples) come from the cells under `suite_root`
+    (default: the folder of `results_csv`, when it holds `cells/`).
     """
     results_csv, out_dir = Path(results_csv), Path(out_dir)
     table_formats, figure_formats = parse_formats(formats)
@@ -118,12 +123,15 @@ def build_report_info(results_csv: Path | str, out_dir: Path | str,
     outcomes: list[ReportOutcome] = []
     if labelled.empty:
         notes.append("the results table has no rows yet: nothing to report")
+    root = Path(suite_root) if suite_root is not None else results_csv.parent
+    uncertainty = (Uncertainty(root, resamples) if (root / "cells").is_dir() and not
+                   labelled.empty else None)
     main_keys = set(map(tuple, main[["method", "train_noise"]].drop_duplicates().to_numpy()))
     for setting, sub in ([] if labelled.empty else settings_of(labelled)):
         keep = np.array([(m, t) in main_keys for m, t in
                          zip(sub["method"], sub["train_noise"], strict=True)], dtype=bool)
         ctx = ReportContext(results=sub, main=sub[keep].reset_index(drop=True), palette=palette,
-                            setting=setting)
+                            setting=setting, uncertainty=uncertainty)
         for name, description, cls in selected:
             outcome = ReportOutcome(name, getattr(cls, "title", "") or name, description, setting,
                                     ReportResult())
@@ -137,8 +145,10 @@ def build_report_info(results_csv: Path | str, out_dir: Path | str,
                 outcome.error = f"{type(exc).__name__}: {exc}"
             outcomes.append(outcome)
 
+    if uncertainty is not None:
+        notes += list(dict.fromkeys(uncertainty.problems))
     index = out_dir / "index.md"
-    result = BuildResult(index, outcomes, notes)
+    result = BuildResult(index, outcomes, notes, intervals=uncertainty is not None)
     atomic_write_text(index, render_index(result, raw, results_csv, out_dir, table_formats))
     atomic_write_text(out_dir / "report.json",
                       json.dumps(_manifest(result, out_dir), indent=2) + "\n")

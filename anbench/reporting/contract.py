@@ -11,7 +11,9 @@ import pandas as pd
 from anbench.reporting.figures import FigureSpec
 from anbench.reporting.labels import CLEAN, add_perturbation_labels
 from anbench.reporting.order import Palette
+from anbench.reporting.stats import Stat
 from anbench.reporting.tables import Table
+from anbench.reporting.uncertainty import Uncertainty, with_estimate
 
 
 @dataclass
@@ -32,6 +34,19 @@ class ReportContext:
     main: pd.DataFrame  # one training noise per method (wsp preferred)
     palette: Palette
     setting: str = ""
+    uncertainty: Uncertainty | None = None  # bootstrap from the cells' arrays, when present
+
+    def with_interval(self, stat: Stat, rows: pd.DataFrame,
+                      weight_by: Sequence[str] = ()) -> Stat:
+        """`stat` (the summary of `rows`) with its bootstrap interval, when arrays allow."""
+        if self.uncertainty is None:
+            return stat
+        return with_estimate(stat, self.uncertainty.estimate(rows, weight_by))
+
+    def sample_note(self, rows: pd.DataFrame) -> list[str]:
+        """['n: ...'] stating the test images, seeds and draws behind `rows` (or [])."""
+        note = self.uncertainty.describe(rows) if self.uncertainty is not None else None
+        return [note] if note else []
 
     def clean_accuracy(self, frame: pd.DataFrame | None = None,
                        splits: Sequence[str] = ("base", "new")) -> pd.DataFrame:

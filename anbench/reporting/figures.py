@@ -74,22 +74,33 @@ def save_figure(fig: Figure, path: Path, fmt: str) -> None:
 
 def grouped_bars(ax: Axes, data: pd.DataFrame, *, x: str, hue: str, x_order: Sequence[str],
                  hue_order: Sequence[str], palette: Palette, value: str = "mean",
-                 err: str | None = "std", ticklabels: bool = True) -> None:
-    """Bars grouped by `x`, one colour per `hue`, with error bars (std over seeds)."""
+                 err: str | None = "std", ticklabels: bool = True,
+                 interval: tuple[str, str] | None = None) -> None:
+    """Bars grouped by `x`, one colour per `hue`, with error bars: the (low, high) `interval`
+    columns where the data has them (bootstrap intervals), else ± `err` (std over seeds)."""
     width = 0.8 / max(len(hue_order), 1)
+    use_interval = interval is not None and all(c in data for c in interval) and bool(
+        data[list(interval)].notna().all(axis=None))
     for j, h in enumerate(hue_order):
         sub = data[data[hue] == h].set_index(x)
-        pos, ys, es = [], [], []
+        pos, ys, below, above = [], [], [], []
         for i, xv in enumerate(x_order):
             if xv in sub.index:
                 pos.append(i - 0.4 + width * (j + 0.5))
-                ys.append(float(sub.loc[xv, value]))
-                e = float(sub.loc[xv, err]) if err else 0.0
-                es.append(0.0 if math.isnan(e) else e)
+                y = float(sub.loc[xv, value])
+                ys.append(y)
+                if use_interval and interval is not None:
+                    low, high = float(sub.loc[xv, interval[0]]), float(sub.loc[xv, interval[1]])
+                    below.append(max(y - low, 0.0))
+                    above.append(max(high - y, 0.0))
+                else:
+                    e = float(sub.loc[xv, err]) if err else 0.0
+                    below.append(0.0 if math.isnan(e) else e)
+                    above.append(below[-1])
         if pos:
             ax.bar(pos, ys, width * 0.92, color=palette.get(h, "0.5"), label=h,
-                   yerr=es if err else None, error_kw={"elinewidth": 0.6, "capsize": 1.2,
-                                                       "capthick": 0.6})
+                   yerr=[below, above] if (err or use_interval) else None,
+                   error_kw={"elinewidth": 0.6, "capsize": 1.2, "capthick": 0.6})
     if ticklabels:
         ax.set_xticks(range(len(x_order)), list(x_order), rotation=30, ha="right")
     else:

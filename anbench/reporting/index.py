@@ -30,6 +30,7 @@ class BuildResult:
     index: Path
     outcomes: list[ReportOutcome]
     notes: list[str] = field(default_factory=list)
+    intervals: bool = False  # the cells' arrays were read: tables may show bootstrap intervals
 
     @property
     def missing(self) -> list[str]:
@@ -67,6 +68,12 @@ def render_index(result: BuildResult, raw: pd.DataFrame, results_csv: Path, out_
     lines += ["Tables show mean ± std (number of seeds) over seeds; the best value per column "
               "(within a block) is in bold. Averages over datasets average Base and New first and "
               "take the HM of those averages.", ""]
+    if result.intervals:
+        lines += ["Where the cells' arrays are present, a number is followed by its 95% bootstrap "
+                  "interval [low, high] (test images, TS: classes, and seeds resampled) and, for "
+                  "perturbations, `sd`, its std over noise draws; `n.s.` marks a value not "
+                  "significantly different from the best (bold) one (paired bootstrap). Each "
+                  "table states its n; `anbench compare` tests any two methods.", ""]
     n_missing = len(result.missing)
     if n_missing:
         lines += [f"**Partial results**: {n_missing} gap(s) found; each section lists its own.", ""]

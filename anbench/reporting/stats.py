@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,11 +27,23 @@ from anbench.reporting.order import order_datasets
 
 @dataclass(frozen=True)
 class Stat:
-    """A mean with the std and number of seeds behind it (std is NaN for fewer than 2)."""
+    """A mean with the std and number of seeds behind it (std is NaN for fewer than 2).
+
+    When the cells' arrays are at hand, also its 95% bootstrap interval (`lo`, `hi`), the std
+    over noise draws and the bootstrap replicates (for paired tests between table rows).
+    """
 
     mean: float
     std: float = math.nan
     n: int = 0
+    lo: float = math.nan
+    hi: float = math.nan
+    draw_std: float = math.nan
+    replicates: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def has_interval(self) -> bool:
+        return not (math.isnan(self.lo) or math.isnan(self.hi))
 
 
 def fmean(values: Iterable[float]) -> float:

@@ -16,6 +16,8 @@ import pandas as pd
 from anbench.metrics import METRICS
 from anbench.reporting.labels import MISSING_CELL
 from anbench.reporting.stats import Stat, base_new
+from anbench.reporting.uncertainty import Uncertainty, with_estimate
+from anbench.stats import SIGNIFICANCE, paired_p_value
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,46 @@ class Table:
                 out.update((i, j) for i, v in vals if v == best)
         return out
 
+    def has_intervals(self) -> bool:
+        return any(c is not None and c.has_interval for r in self.rows for c in r.cells)
+
+    def p_values(self) -> dict[tuple[int, int], float]:
+        """(row, column) -> paired bootstrap p-value of its difference from the bold value of
+        its block and column (rows with replicates only; the bold ones are left out)."""
+        bold = self.bold()
+        out: dict[tuple[int, int], float] = {}
+        for j in range(len(self.columns)):
+            blocks = itertools.groupby(range(len(self.rows)), key=lambda i: self.rows[i].block)
+            for _, idx in blocks:
+                idx = list(idx)
+                best = next((i for i in idx if (i, j) in bold
+                             and self.rows[i].cells[j].replicates is not None), None)
+                if best is None:
+                    continue
+                ref = self.rows[best].cells[j].replicates
+                for i in idx:
+                    cell = self.rows[i].cells[j]
+                    if ((i, j) in bold or not self.rows[i].ranked or cell is None
+                            or cell.replicates is None or len(cell.replicates) != len(ref)):
+                        continue
+                    out[(i, j)] = paired_p_value(ref - cell.replicates)
+        return out
+
+    def not_significant(self) -> set[tuple[int, int]]:
+        return {pos for pos, p in self.p_values().items() if not p < SIGNIFICANCE}
+
+    def all_notes(self) -> list[str]:
+        """The table's notes, plus what the intervals and marks mean when it has them."""
+        if not self.has_intervals():
+            return list(self.notes)
+        resamples = next(len(c.replicates) for r in self.rows for c in r.cells
+                         if c is not None and c.replicates is not None)
+        legend = (f"[low, high]: 95% bootstrap interval ({resamples} resamples of the test "
+                  "images, of the classes for TS, and of the seeds; paired across methods); "
+                  "sd: std over noise draws; n.s.: not significantly different from the bold "
+                  f"value of its block and column (paired bootstrap, p ≥ {SIGNIFICANCE:g}).")
+        return [*self.notes, legend]
+
     def _display_labels(self) -> list[list[str]]:
         shown: list[list[str]] = []
         prev: Row | None = None
@@ -91,21 +133,22 @@ class Table:
         return shown
 
     def to_markdown(self) -> str:
-        bold = self.bold()
+        bold, ns = self.bold(), self.not_significant()
         head = [*self.label_headers, *(c.header for c in self.columns)]
         align = ["---"] * len(self.label_headers) + ["---:"] * len(self.columns)
         lines = [_md_row(head), _md_row(align)]
         for i, (row, labels) in enumerate(zip(self.rows, self._display_labels(), strict=True)):
-            cells = [format_stat(s, c.digits, (i, j) in bold, "md")
+            cells = [format_stat(s, c.digits, (i, j) in bold, "md", (i, j) in ns)
                      for j, (s, c) in enumerate(zip(row.cells, self.columns, strict=True))]
             lines.append(_md_row([*labels, *cells]))
         text = "\n".join(lines) + "\n"
-        if self.notes:
-            text += "\n" + "\n".join(f"- {n}" for n in self.notes) + "\n"
+        notes = self.all_notes()
+        if notes:
+            text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
         return text
 
     def to_latex(self) -> str:
-        bold = self.bold()
+        bold, ns = self.bold(), self.not_significant()
         spec = "l" * len(self.label_headers) + "r" * len(self.columns)
         head = [*self.label_headers, *(c.header for c in self.columns)]
         lines = [
@@ -125,11 +168,11 @@ class Table:
             if prev_block is not None and row.block != prev_block:
                 lines.append("\\midrule")
             prev_block = row.block
-            cells = [format_stat(s, c.digits, (i, j) in bold, "tex")
+            cells = [format_stat(s, c.digits, (i, j) in bold, "tex", (i, j) in ns)
                      for j, (s, c) in enumerate(zip(row.cells, self.columns, strict=True))]
             lines.append(" & ".join([*(tex_escape(x) for x in labels), *cells]) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}"]
-        for note in self.notes:
+        for note in self.all_notes():
             lines.append(f"\\par\\smallskip{{\\footnotesize {tex_escape(note)}}}")
         lines.append("\\end{table}")
         return "\n".join(lines) + "\n"
@@ -137,17 +180,24 @@ class Table:
     def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
+        # interval columns only when the table has intervals (results without cell arrays)
+        extra = ("lo", "hi", "draw_std", "p") if self.has_intervals() else ()
+        p_values = self.p_values() if extra else {}
         head = list(self.label_headers)
         for col in self.columns:
             head += [col.key, f"{col.key}_std", f"{col.key}_n"]
+            head += [f"{col.key}_{e}" for e in extra]
         writer.writerow(head)
-        for row in self.rows:
+        for i, row in enumerate(self.rows):
             out = list(row.labels)
-            for stat in row.cells:
+            for j, stat in enumerate(row.cells):
                 if stat is None:
-                    out += ["", "", ""]
-                else:
-                    out += [_csv_num(stat.mean), _csv_num(stat.std), str(stat.n)]
+                    out += [""] * (3 + len(extra))
+                    continue
+                out += [_csv_num(stat.mean), _csv_num(stat.std), str(stat.n)]
+                if extra:
+                    out += [_csv_num(stat.lo), _csv_num(stat.hi), _csv_num(stat.draw_std),
+                            _csv_num(p_values.get((i, j), math.nan))]
             writer.writerow(out)
         return buf.getvalue()
 
@@ -168,13 +218,26 @@ def _fixed(x: float, digits: int) -> str:
     return text[1:] if re.fullmatch(r"-0\.?0*", text) else text  # no '-0.00'
 
 
-def format_stat(stat: Stat | None, digits: int, bold: bool, fmt: str) -> str:
-    """'71.23 ± 0.45 (3)': mean ± std (seeds); the mean in bold when it is the best."""
+def format_stat(stat: Stat | None, digits: int, bold: bool, fmt: str,
+                not_significant: bool = False) -> str:
+    """'71.23 ± 0.45 (3)': mean ± std (seeds); the mean in bold when it is the best.
+
+    With a bootstrap interval: '71.23 [70.10, 72.31] sd 0.21 n.s.' (interval, std over noise
+    draws when there are several, and the not-significant mark)."""
     if stat is None or math.isnan(stat.mean):
         return MISSING_CELL if fmt == "md" else "--"
     mean = _fixed(stat.mean, digits)
     if bold:
         mean = f"**{mean}**" if fmt == "md" else f"\\textbf{{{mean}}}"
+    if stat.has_interval:
+        interval = f"[{_fixed(stat.lo, digits)}, {_fixed(stat.hi, digits)}]"
+        sd = "" if math.isnan(stat.draw_std) else f"sd {_fixed(stat.draw_std, digits)}"
+        mark = "n.s." if not_significant else ""
+        if fmt == "md":
+            return " ".join(p for p in (mean, interval, sd, mark) if p)
+        small = " ".join(p for p in (interval, sd) if p)
+        sup = "\\textsuperscript{n.s.}" if mark else ""
+        return f"{mean}{sup} {{\\scriptsize {small}}}"
     pm = " ± " if fmt == "md" else " $\\pm$ "
     spread = "" if math.isnan(stat.std) else pm + _fixed(stat.std, digits)
     return f"{mean}{spread} ({stat.n})"
@@ -184,7 +247,8 @@ _TEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "α": r"$\alpha$", "∞": r"$\infty$", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
-    "±": r"$\pm$", "†": r"\textsuperscript{\dag}", "–": "--", "Δ": r"$\Delta$", "×": r"$\times$",
+    "±": r"$\pm$", "≥": r"$\geq$", "†": r"\textsuperscript{\dag}", "–": "--",
+    "Δ": r"$\Delta$", "×": r"$\times$",
 }
 
 
@@ -201,16 +265,23 @@ BASE_NEW_COLUMNS: tuple[Column, ...] = (
 
 def base_new_rows(acc: pd.DataFrame, labels: Sequence[str], block: str,
                   datasets: Sequence[str], label_cells: Callable[[str], list[str]] | None = None,
-                  ) -> tuple[list[Row], list[str]]:
-    """One Base/New/HM row per label over `datasets`; a label lacking some is marked with †."""
+                  uncertainty: Uncertainty | None = None) -> tuple[list[Row], list[str]]:
+    """One Base/New/HM row per label over `datasets`; a label lacking some is marked with †.
+
+    With `uncertainty`, each cell also gets its bootstrap interval and replicates."""
     rows: list[Row] = []
     notes: list[str] = []
     for label in labels:
-        bn = base_new(acc[acc["label"] == label])
+        own = acc[acc["label"] == label]
+        bn = base_new(own)
         shown = label
         cells: list[Stat | None] = [None, None, None]
         if bn is not None:
             cells = [bn.base, bn.new, bn.hm]
+            if uncertainty is not None:
+                found = uncertainty.base_new(own[own["dataset"].isin(bn.datasets)])
+                if found is not None:
+                    cells = [with_estimate(c, e) for c, e in zip(cells, found, strict=True)]
             lacking = [d for d in datasets if d not in bn.datasets]
             if lacking and len(datasets) > 1:  # an average over fewer datasets is not comparable
                 shown = f"{label}†"

@@ -57,7 +57,7 @@ class RunSection(Strict):
     suite: str = "default"
     out: str = "runs"
     methods: list[str] = Field(default_factory=lambda: ["anprompt", "dapt"])
-    noise: list[str] = Field(default_factory=lambda: ["paper"])  # the paper's five strategies
+    noise: list[str] = Field(default_factory=lambda: ["paper"])  # the paper's strategies
     train_noise: list[str] | None = None
     eval_noise: list[str] | None = None
     datasets: list[str] = Field(default_factory=lambda: ["fashion-mnist", "digits"])

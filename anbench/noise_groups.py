@@ -7,7 +7,8 @@ so a plugin joins them by declaring them:
 
 - `all`: every registered perturbation of every kind;
 - one group per modality (`text`) and per level (`char`, `word`, `sentence`);
-- `paper`: the five strategies of the ANPrompt paper (the default run's noise).
+- `paper`: the five strategies of the ANPrompt paper, plus `paraphrase` (wsp's sentences at
+  full strength, the row that shows what `wsp` at alpha 0.001 cannot): the default run's noise.
 
 A kind is a (modality, registry) pair; `register_kind` adds one (e.g. image perturbations with
 their own registry and entry-point group), and `all` then spans both. Group names are reserved:
@@ -20,8 +21,9 @@ from typing import Any
 
 from anbench.registry import PERTURBATIONS, AnbenchError, UnknownNameError
 
-#: The ANPrompt paper's noise strategies (its Figure 1 and Figure 4), in its order.
-PAPER_NOISE: tuple[str, ...] = ("drop", "mask", "shuffle", "synonym", "wsp")
+#: The ANPrompt paper's noise strategies (its Figure 1 and Figure 4), in its order, then
+#: `paraphrase`: mild (wsp, alpha 0.001) against strong (alpha inf) use of the same sentences.
+PAPER_NOISE: tuple[str, ...] = ("drop", "mask", "shuffle", "synonym", "wsp", "paraphrase")
 
 #: Levels, in the order `anbench list perturbations` shows them.
 LEVELS: tuple[str, ...] = ("char", "word", "sentence")

@@ -159,8 +159,8 @@ def run_suite(config: BenchConfig, dry_run: bool = False) -> Path | None:
     from anbench.launchers import check_launcher
 
     plan = make_plan(config)
-    check_inputs(config, plan)
     check_launcher(config)
+    check_inputs(config, plan)
     store = SuiteStore(Path(config.run.out) / config.run.suite,
                        lock_timeout_s=config.launcher.lock_timeout_s,
                        heartbeat_s=config.launcher.heartbeat_s)

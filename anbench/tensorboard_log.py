@@ -47,24 +47,29 @@ def scalars(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 class CellLog:
-    """A live event writer for one cell, fed from the training progress callback."""
+    """A live event writer for one cell, fed from the training progress callback. The event
+    file is opened at the first step, so a method that does not train leaves none."""
 
     def __init__(self, cell_dir: Path):
-        from torch.utils.tensorboard import SummaryWriter  # imported only when asked for
-
-        cell_dir = Path(cell_dir)
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        clear(cell_dir)
-        self._writer = SummaryWriter(log_dir=str(cell_dir))
+        self.cell_dir = Path(cell_dir)
+        clear(self.cell_dir)
+        self._writer: Any = None
 
     def record(self, step: int, record: Mapping[str, Any]) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # imported only when asked for
+
+            self.cell_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(log_dir=str(self.cell_dir))
         for tag, value in scalars(record).items():
             if math.isfinite(value):
                 self._writer.add_scalar(tag, value, int(record.get("step", step)))
 
     def close(self) -> None:
-        self._writer.flush()
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
+            self._writer = None
 
     def __enter__(self) -> CellLog:
         return self

@@ -173,3 +173,22 @@ def test_page_in_headless_chromium(report: Path, tmp_path: Path):
     # the styled header bar of the overview, and the cell page replaces the overview
     assert shots["overview"][10, 10].tolist() == [0x1D, 0x24, 0x30]
     assert np.abs(shots["overview"].astype(int) - shots["cell"].astype(int)).mean() > 1.0
+
+
+def test_a_cell_that_cannot_be_shown_gets_a_page_saying_why(tmp_path: Path):
+    from anbench.store import CellKey
+
+    store = synthetic_suite(tmp_path / "s")
+    rows = store.read_rows(store.inspect(CellKey("tiny-clip", "shapes", "coop", "none", 4, 1)))
+    rows["method"] = "zeroshot"
+    key = CellKey("tiny-clip", "shapes", "zeroshot", "none", 4, 1)
+    # intact files (the marker's hashes match) whose content does not fit together
+    store.write_cell(key, "fp", rows, {"other/labels": np.zeros(2, dtype=np.int64)}, None,
+                     {"history": [], "classes": {"base": ["cat"]}, "sentences": {}},
+                     weights_hash="w0")
+    store.write_results()
+    page = load(store.root).report(formats="html")
+    raw = page.read_text(encoding="utf-8")
+    assert 'id="cell-tiny-clip-shapes-zeroshot-none-shots4-seed1"' in raw
+    assert "cannot show this cell" in raw and "no split" in raw
+    assert raw.count('class="page cell-page"') == 3

@@ -24,10 +24,16 @@ import pytest
 
 from anbench.locks import LockFile, holder_identity
 from anbench.store import CellKey, SuiteStore
-from tests.test_runner import REPO, anbench, tiny_run
+from tests.test_runner import REPO, anbench
+from tests.test_runner import tiny_run as runner_tiny_run
 
 GRID = {"methods": "zeroshot,coop,dapt", "noise": "drop"}
 CELLS = Path("default/cells/tiny-clip/tiny-shapes")
+
+
+def tiny_run(out: Path, *extra: str, methods: str, noise: str) -> list[str]:
+    """The tiny suite with one seed, whatever bench.yaml's default seeds are."""
+    return runner_tiny_run(out, "--seeds", "1", *extra, methods=methods, noise=noise)
 
 
 def same_results(a: Path, b: Path) -> None:
@@ -252,6 +258,7 @@ def test_failing_cell_is_recorded_retried_and_spares_the_others(tmp_path: Path):
     assert f"log: {broken / 'error.log'}" in status.stdout
 
 
+@pytest.mark.slow  # three worker processes start: about 30 s, minutes on a busy machine
 def test_worker_that_dies_fails_only_its_cell_and_is_replaced(tmp_path: Path):
     out = tmp_path / "runs"
     args = tiny_run(out, "--plugin", failing_plugin(tmp_path), "--launcher", "processes",
@@ -266,24 +273,58 @@ def test_worker_that_dies_fails_only_its_cell_and_is_replaced(tmp_path: Path):
 
 
 # ---------------------------------------------------------------------- refused input
-@pytest.mark.parametrize(("args", "message"), [
-    (["--workers", "0"], "--workers 0: give 1 or more"),
-    (["--gpus", "a,b"], "--gpus 'a,b': give GPU indices"),
-    (["--gpus", "0,1", "--workers", "3"], "--workers 3 with --gpus 0,1: one worker per GPU"),
-    (["--launcher", "local", "--workers", "2"], "--workers and --gpus are for --launcher "
-                                                "processes"),
-    (["--no-wait"], "--no-wait needs --launcher slurm"),
-    (["--launcher", "nosuch"], "--launcher 'nosuch': known: local, processes, slurm"),
-    (["--set", "launcher.retries=-1"], "config error at 'launcher.retries'"),
-    (["--set", "launcher.heartbeat_s=200"], "heartbeat_s (200) must be at most half"),
-    (["--set", "launcher.slurm.time_min=0"], "config error at 'launcher.slurm.time_min'"),
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"workers": 0}, "--workers 0: give 1 or more"),
+    ({"gpus": "a,b"}, "--gpus 'a,b': give GPU indices"),
+    ({"gpus": ""}, "--gpus '': give GPU indices"),
+    ({"launcher": "local", "workers": 2}, "--workers and --gpus are for --launcher processes"),
+    ({"launcher": "slurm", "gpus": "0"}, "launcher.slurm.gpus_per_job"),
+    ({"launcher": "nosuch"}, "--launcher 'nosuch': known: local, processes, slurm"),
 ])
-def test_bad_launcher_input_fails_fast(tmp_path: Path, args: list[str], message: str):
-    proc = anbench(*tiny_run(tmp_path, *args, **GRID), cwd=REPO, check=False)
+def test_bad_launcher_flags(flags: dict, message: str):
+    from anbench.cli import _launcher_sets
+    from anbench.registry import AnbenchError
+
+    args = {"launcher": None, "workers": None, "gpus": None, "no_wait": False, **flags}
+    with pytest.raises(AnbenchError) as caught:
+        _launcher_sets(**args)
+    assert message in str(caught.value)
+
+
+def test_gpus_alone_mean_the_processes_launcher():
+    from anbench.cli import _launcher_sets
+
+    assert _launcher_sets(None, None, "0,1", True) == [
+        "launcher.gpus=[0,1]", "run.launcher=processes", "launcher.wait=false"]
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    (["launcher.retries=-1"], "config error at 'launcher.retries'"),
+    (["launcher.heartbeat_s=200"], "heartbeat_s (200) must be at most half of lock_timeout_s"),
+    (["launcher.slurm.time_min=0"], "config error at 'launcher.slurm.time_min'"),
+    (["launcher.gpus=[0,0]"], "GPU indices must be distinct"),
+    (["launcher.slurm.sbatch=[1]"], "config error at 'launcher.slurm.sbatch'"),
+    (["run.launcher=cloud"], "config error at 'run.launcher'"),
+    (["launcher.wait=false"], "--no-wait needs --launcher slurm"),
+    (["launcher.gpus=[0,1]", "launcher.workers=3", "run.launcher=processes"],
+     "--workers 3 with --gpus 0,1: one worker per GPU"),
+])
+def test_bad_launcher_config(sets: list[str], message: str):
+    from anbench.config import load_config
+    from anbench.launchers import check_launcher
+    from anbench.registry import AnbenchError
+
+    with pytest.raises(AnbenchError) as caught:
+        check_launcher(load_config(None, sets, bench_yaml=REPO / "bench.yaml"))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_no_wait_without_slurm_is_one_line_before_any_work(tmp_path: Path):
+    proc = anbench(*tiny_run(tmp_path, "--no-wait", **GRID), cwd=REPO, check=False)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr
-    assert not (tmp_path / "default" / "cells").exists()
+    assert len(errors) == 1 and "--no-wait needs --launcher slurm" in errors[0], proc.stderr
+    assert not (tmp_path / "default").exists()
 
 
 def test_gpus_this_machine_lacks(tmp_path: Path):

@@ -91,7 +91,7 @@ def test_groups_follow_the_declared_levels():
     assert table["char"] == CHAR
     assert set(WORD + ["drop", "mask", "shuffle", "synonym"]) <= set(table["word"])
     assert "wsp" in table["sentence"]
-    assert table["paper"] == ["drop", "mask", "shuffle", "synonym", "wsp"]
+    assert table["paper"] == ["drop", "mask", "shuffle", "synonym", "wsp", "paraphrase"]
     assert set(table["all"]) == set(table["text"]) >= set(NEW)
 
 

@@ -239,7 +239,7 @@ def _anbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def _cross(out: Path, *extra: str) -> list[str]:
     plugins = [arg for path in PLUGINS for arg in ("--plugin", path)]
     return ["run", *plugins, "--backbone", "tiny-clip", "--methods", "zeroshot,coop",
-            "--noise", "drop", "--out", str(out), "--quiet", "--shots", "4",
+            "--noise", "drop", "--out", str(out), "--quiet", "--shots", "4", "--seeds", "1",
             "--set", "run.noise_draws=2", "--set", "methods.coop.epochs=1",
             "--set", "run.protocol=cross-dataset", *extra]
 

@@ -12,8 +12,10 @@ the same slice of the old all-in-memory tensor.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +28,7 @@ from anbench.registry import AnbenchError
 
 DEFAULT_BATCH = 256
 # Below this many images decoding runs in the calling process: starting workers costs more.
-SMALL_SET = 1024
+SMALL_SET = 128
 MAX_AUTO_WORKERS = 8
 
 
@@ -38,6 +40,8 @@ def default_workers() -> int:
 def resolve_workers(workers: int | None, num_images: int) -> int:
     """Worker processes for `num_images` images (0: decode in this process). Unset: one per
     core, none for small sets; a number given is used as is."""
+    if multiprocessing.current_process().daemon:  # e.g. a Pool worker may not fork children
+        return 0
     if workers is not None:
         return max(0, int(workers))
     return 0 if num_images < SMALL_SET else default_workers()
@@ -79,6 +83,18 @@ def _stack(batch: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(batch)
 
 
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Per-image transforms are small tensor ops: on a busy machine torch's thread pool makes
+    them ~10x slower than one thread (measured), as in DataLoader workers. Same values."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass(frozen=True)
 class ImageSet:
     """The images of `subset` (items of a dataset split) under `transform`, decoded on demand.
@@ -103,8 +119,16 @@ class ImageSet:
         if len(self) == 0:
             return
         num_workers = resolve_workers(workers, len(self))
+        dataset = _Decode(self.source, self.subset, self.transform)
+        if num_workers == 0:
+            for start in range(0, len(self), batch_size):
+                with _one_thread():
+                    batch = _stack([dataset[i] for i in
+                                    range(start, min(len(self), start + batch_size))])
+                yield batch.pin_memory() if pin_memory else batch
+            return
         loader = torch.utils.data.DataLoader(
-            _Decode(self.source, self.subset, self.transform), batch_size=batch_size,
+            dataset, batch_size=batch_size,
             shuffle=False, num_workers=num_workers, collate_fn=_stack, pin_memory=pin_memory,
             prefetch_factor=2 if num_workers else None)
         try:

@@ -16,12 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-from anbench.api import Suite
+from anbench.api import Cell, Suite
 from anbench.files import atomic_write_text
 from anbench.metrics import METRICS
 from anbench.registry import AnbenchError
 from anbench.reporting.build import settings_of
-from anbench.reporting.html_cells import CellPage, cell_page
+from anbench.reporting.html_cells import CellPage, cell_anchor, cell_page
 from anbench.reporting.html_format import num_cell, ramp_colour, table_view
 from anbench.reporting.index import BuildResult, setting_suffix
 from anbench.reporting.labels import (
@@ -118,8 +118,10 @@ def sections(built: BuildResult) -> list[dict[str, Any]]:
 
 
 def cells_table(pages: list[CellPage]) -> dict[str, Any]:
-    columns = ["dataset", "method", "train noise", "seed", "shots", "backbone", "base", "new",
-               "all", "HM", "seconds"]
+    # accuracy columns only for the splits the cells have (base/new, or all classes)
+    splits = [s for s in ("base", "new", "all", "hm") if any(s in p.summary for p in pages)]
+    columns = ["dataset", "method", "train noise", "seed", "shots", "backbone",
+               *(s.replace("hm", "HM") for s in splits), "seconds"]
     rows = []
     for page in pages:
         key = page.key
@@ -128,9 +130,21 @@ def cells_table(pages: list[CellPage]) -> dict[str, Any]:
             {"text": key["dataset"]}, {"text": key["method"], "link": page.anchor},
             {"text": key["train_noise"]}, num_cell(key["seed"], 0), num_cell(key["shots"], 0),
             {"text": key["backbone"]},
-            *(num_cell(page.summary.get(s, float("nan")), 2) for s in ("base", "new", "all", "hm")),
+            *(num_cell(page.summary.get(s, float("nan")), 2) for s in splits),
             num_cell(facts.get("seconds"), 1)]})
     return {"columns": columns, "rows": rows}
+
+
+def _page(cell: Cell) -> CellPage:
+    """A cell's page; a cell whose stored files cannot be shown gets a page that says why
+    instead of taking the whole report down."""
+    try:
+        return cell_page(cell)
+    except (AnbenchError, KeyError, IndexError, TypeError, ValueError) as exc:
+        return CellPage(cell_anchor(cell), cell.key.label(), vars(cell.key),
+                        [("folder", cell.key.relpath),
+                         ("error", f"cannot show this cell: {type(exc).__name__}: {exc}")],
+                        [], [], {}, {})
 
 
 def build_html(root: Path, built: BuildResult, out_dir: Path) -> Path:
@@ -140,7 +154,7 @@ def build_html(root: Path, built: BuildResult, out_dir: Path) -> Path:
     cells = sorted(suite.all_cells(), key=lambda c: (
         c.key.backbone, dataset_sort_key(c.key.dataset), method_sort_key(c.key.method),
         noise_sort_key(c.key.train_noise), c.key.shots, c.key.seed))
-    pages = [cell_page(cell) for cell in cells]
+    pages = [_page(cell) for cell in cells]
     facts = []
     if not results.empty:
         facts = [

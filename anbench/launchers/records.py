@@ -76,10 +76,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def write_launch(store: SuiteStore, launcher: str, planned: dict[CellKey, str],
                  jobs: dict[CellKey, dict[str, Any]] | None = None) -> None:
     """Record the planned cells and their fingerprints; `jobs` adds or replaces the Slurm job
-    of each cell it names (the jobs of other cells are kept)."""
+    of each cell it names (the jobs of other planned cells are kept while the launcher is
+    slurm: a later run collects them)."""
     with store.suite_lock():
         previous = read_launch(store, missing_ok=True, damaged_ok=True)
-        old_jobs = previous.get("jobs", {}) if previous else {}
+        old_jobs = previous.get("jobs", {}) if previous and launcher == "slurm" else {}
         keep = {rel: job for rel, job in old_jobs.items()
                 if rel in {key.relpath for key in planned}}
         keep.update({key.relpath: job for key, job in (jobs or {}).items()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from anbench.reporting.labels import MISSING_CELL
@@ -21,7 +22,10 @@ def num_cell(value: Any, digits: int) -> dict[str, Any]:
         number = math.nan
     if math.isnan(number):
         return {"text": MISSING_CELL, "sort": "", "num": True}
-    return {"text": f"{number:.{digits}f}", "sort": repr(number), "num": True}
+    text = f"{number:.{digits}f}"
+    if re.fullmatch(r"-0\.?0*", text):  # a tiny negative rounds to 0, not '-0.00'
+        text = text[1:]
+    return {"text": text, "sort": repr(number), "num": True}
 
 
 def stat_cell(stat: Stat | None, digits: int, bold: bool) -> dict[str, Any]:

@@ -172,6 +172,10 @@ class CellEnvironment:
         device = resolve_device(run.device)
         cache_dir = config_cache_dir(config)
         backbone = load_backbone(config, run.backbone, str(device), progress=progress)
+        if device.type == "cpu" and run.threads:
+            # Prompt tuning's tensors are small: a second intra-op thread gains little alone
+            # and loses up to 50x when another process competes for the cores.
+            torch.set_num_threads(run.threads)
         adapter = BackboneAdapter(backbone).to(device)
         prefix_cache = PrefixCache(
             max_bytes=int(run.prefix_cache_memory_gb * 2**30),

@@ -79,6 +79,8 @@ class RunSection(Strict):
     # Independent noise draws per (class, perturbation, severity): rows report the mean over
     # draws and its std, so one lucky or unlucky sentence cannot make a robustness number.
     noise_draws: PositiveInt = Field(10, le=1000)
+    # torch intra-op threads on CPU (None: torch's default, one per core).
+    threads: PositiveInt | None = 1
     prefix_cache_disk: bool = False  # also store frozen prefixes under <cache_dir>/prefix/
     prefix_cache_memory_gb: float = Field(2.0, ge=0)  # in-memory budget, least recently used out
     # Image decoding worker processes (None: one per core, at most 8; 0: in the main process).

@@ -25,12 +25,12 @@ import pickle
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import nltk
 from filelock import FileLock
 
+from anbench.files import atomic_directory
 from anbench.paths import cache_dir
 from anbench.registry import AnbenchError
 
@@ -191,8 +191,7 @@ def build_wordnet(root: Path, src: Path | None = None) -> Path:
                            f"(or, with internet: python -m nltk.downloader wordnet)")
     dest = root / "corpora" / "wordnet"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=dest.parent))
-    try:
+    with atomic_directory(dest) as tmp:  # readers never see a half-copied directory
         for name in WORDNET_FILES + WORDNET_OPTIONAL_FILES + ("lexnames",):
             if (src / name).is_file():
                 shutil.copyfile(src / name, tmp / name)
@@ -208,11 +207,6 @@ def build_wordnet(root: Path, src: Path | None = None) -> Path:
             "copied) is written from the lexnames(5WN) man page; index.sense (unless copied "
             "from wordnet-sense-index) is generated from the data files.\n")
         os.chmod(tmp, 0o755)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)  # readers never see a half-copied directory
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -227,17 +221,11 @@ def build_tagger(root: Path, pickle_path: Path | None = None) -> Path:
         weights, tagdict, classes = pickle.load(fh, encoding="latin1")  # noqa: S301
     dest = root / TAGGER_RESOURCE
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tagger-", dir=dest.parent))
-    try:
+    with atomic_directory(dest) as tmp:
         for fname, obj in zip(TAGGER_FILES, (weights, tagdict, sorted(classes)), strict=True):
             with open(tmp / fname, "w", encoding="utf-8") as fh:
                 json.dump(obj, fh)
         os.chmod(tmp, 0o755)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +28,7 @@ from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from anbench.backbones.adapter import BackboneAdapter
+from anbench.files import atomic_save_torch
 from anbench.method import TaskContext
 from anbench.registry import METHODS
 
@@ -138,7 +137,7 @@ class DAPT(CoOp):
         prototypes = class_means(features, labels, len(task.classnames)).cpu()
         info = {**provenance, "cache": "off"}
         if path is not None:
-            _atomic_save({"provenance": provenance, "prototypes": prototypes}, path)
+            atomic_save_torch(path, {"provenance": provenance, "prototypes": prototypes})
             info.update(cache="miss", path=str(path))
         return prototypes, info
 
@@ -164,15 +163,3 @@ class DAPT(CoOp):
         if self.params.beta_t:
             terms["inter"] = self.params.beta_t * inter_dispersion(text, self.params.inter_t)
         return terms
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

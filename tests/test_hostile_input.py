@@ -53,7 +53,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (["--set", "per_backbone.minii.methods.coop.epochs=1"],
      "'per_backbone.minii': no backbone is called 'minii'"),
     (["--shots", "100000"], "--shots 100000: dataset tiny-shapes has only 16 training images"),
-    (["--set", "run.protocol=cross-dataset"], "run.protocol 'cross-dataset' is not supported"),
+    (["--set", "run.protocol=cross-dataset"], "cross-dataset needs run.source_dataset"),
 ])
 def test_refused_before_writing(tmp_path: Path, args: list[str], message: str):
     proc = anbench(*coop_run(tmp_path / "out"), *args, cwd=REPO, check=False)

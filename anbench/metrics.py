@@ -1,4 +1,4 @@
-"""Robustness metrics (METHOD.md 2), computed from stored logits and text features.
+"""Robustness metrics, computed from stored logits and text features.
 
 All take plain tensors so they can be recomputed from a cell's stored arrays without a model.
 Accuracies and LPR are percentages; AS is in percentage points.

@@ -1,4 +1,4 @@
-"""The perturbation contract and the machinery shared by every perturbation (METHOD.md 1).
+"""The perturbation contract and the machinery shared by every perturbation.
 
 A perturbation maps a sentence to a noisy sentence. Its only source of randomness is the numpy
 Generator it is handed, derived from (run seed, perturbation name, severity, item id), so the same

@@ -2,7 +2,7 @@
 
 Those blocks see no prompt, so their outputs depend only on the backbone weights, the
 preprocessing and the input (an image view or a tokenised sentence batch). Methods compute them
-once and reuse them at every step and epoch (DESIGN.md "Speed ideas", issue 8 item 1).
+once and reuse them at every step and epoch.
 
 Entries are dicts of tensors, keyed by `prefix_key` (weights hash, preprocessing tag, tower,
 end layer, precision and a content digest of the input). The cache keeps them in memory under a

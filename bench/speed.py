@@ -1,4 +1,4 @@
-"""Speed benchmark (issue 8): each optimisation as a ratio against the same computation without it.
+"""Speed benchmark: each optimisation as a ratio against the same computation without it.
 
     .venv/bin/python bench/speed.py                        # ViT-B-16 (random weights) and mini
     .venv/bin/python bench/speed.py --backbone vit-b-16 --weights /path/to/ViT-B-16.pt
@@ -54,7 +54,7 @@ from anbench.registry import METHODS  # noqa: E402
 from anbench.training import train  # noqa: E402
 
 EVAL_NOISES = ["drop", "mask", "shuffle", "synonym", "wsp"]
-TARGETS = {"train": 4.0, "text": 3.0, "eval": 1.3}  # issue 8, ViT-B-16 on 2 CPU cores
+TARGETS = {"train": 4.0, "text": 3.0, "eval": 1.3}  # expected ratios, ViT-B-16 on 2 CPU cores
 
 # Per backbone: training images, epochs, test images, repetitions of the text and evaluation
 # timings (full run / --quick). mini's test set is near Fashion-MNIST's base split (5,000).

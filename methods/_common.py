@@ -1,5 +1,5 @@
 """Pieces shared by the built-in methods: seeded initialisation, frozen encodings and the loss
-formulas of METHOD.md 3.3 / 3.4 as small pure functions (so tests can check them by hand).
+formulas of DAPT and ANPrompt as small pure functions (so tests can check them by hand).
 
 The leading underscore keeps the registry's package scan from treating this as a plugin.
 """
@@ -109,7 +109,7 @@ def scaled_logits(image_features: torch.Tensor, text_features: torch.Tensor,
 
 
 def wa_loss(z_clean: torch.Tensor, z_noise: torch.Tensor) -> torch.Tensor:
-    """Variance-adaptive weak alignment (METHOD.md 3.4 step 7):
+    """Variance-adaptive weak alignment:
     sum_{i,k} p^n_ik (log p^n_ik - log p^c_ik) / ((std(z^c) + 1e-6) * B * C),
     std over all B*C entries of z^c (torch's default, unbiased)."""
     batch, classes = z_clean.shape

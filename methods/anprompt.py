@@ -1,4 +1,4 @@
-"""`anprompt` and its ablations: anti-noise prompt tuning, our reconstruction (METHOD.md 3.4).
+"""`anprompt` and its ablations: anti-noise prompt tuning, our reconstruction.
 
 1. Weak-noise frozen text features t^wn_c = n(n(E_T(m_c)) + alpha n(E_T(m~_c))), S samples per
    class, m_c a class description (else the class sentence), m~_c = P(m_c) from the training

@@ -1,4 +1,4 @@
-"""`coop`: learned context vectors in front of each class sentence (METHOD.md 3.2).
+"""`coop`: learned context vectors in front of each class sentence.
 
 The class text is `"X X ... X {sentence}"` with the X slots replaced by `n_ctx` shared learned
 vectors (init N(0, 0.02^2), CoOp's generic initialisation); the image side is the frozen

@@ -1,5 +1,4 @@
-"""`dapt`: Distribution-Aware Prompt Tuning (Cho et al., ICCV 2023), as its official code
-(METHOD.md 3.3).
+"""`dapt`: Distribution-Aware Prompt Tuning (Cho et al., ICCV 2023), as its official code.
 
 - Text: CoOp context (16 vectors, N(0, 0.02^2)) in front of the class sentence.
 - Vision: 16 shallow prompt tokens inserted after [CLS] at the input of the first block (after the

@@ -1,4 +1,4 @@
-"""`zeroshot`: the frozen backbone with the dataset's hand-written template (METHOD.md 3.1)."""
+"""`zeroshot`: the frozen backbone with the dataset's hand-written template."""
 
 from __future__ import annotations
 

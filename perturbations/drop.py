@@ -1,4 +1,4 @@
-"""`drop`: delete each non-protected word with probability p (METHOD.md 1)."""
+"""`drop`: delete each non-protected word with probability p."""
 
 from __future__ import annotations
 

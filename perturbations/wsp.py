@@ -1,4 +1,4 @@
-"""`wsp`: weak semantic perturbation (METHOD.md 1, 3.4 step 1).
+"""`wsp`: weak semantic perturbation.
 
 The sentence is replaced by a semantically equivalent alternative of the same class (another
 description of the class, else another template filled with its name), and the feature of the

@@ -1,4 +1,4 @@
-"""The method loss formulas (METHOD.md 3.3, 3.4) against values computed by hand."""
+"""The method loss formulas against values computed by hand."""
 
 from __future__ import annotations
 

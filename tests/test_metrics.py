@@ -1,4 +1,4 @@
-"""Metrics against values computed by hand (METHOD.md 2)."""
+"""Metrics against values computed by hand."""
 
 from __future__ import annotations
 

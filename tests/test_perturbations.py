@@ -1,4 +1,4 @@
-"""The perturbation contract and the five built-ins (METHOD.md 1, issue 4)."""
+"""The perturbation contract and the five built-ins."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluation protocols (METHOD.md section 4, CoOp / CoCoOp conventions).
+"""Evaluation protocols.
 
 - **Few-shot sampling**: K images per class from the train split, drawn by a numpy PCG64
   generator seeded from a SHA-256 of (dataset, split, shots, seed) -- never Python's `hash()` --

@@ -177,6 +177,16 @@ REGISTRIES: dict[str, Registry[Any]] = {
 _loaded_plugins: set[str] = set()
 
 
+def _module_file(module: object) -> Path | None:
+    filename = getattr(module, "__file__", None)
+    if not filename:
+        return None
+    try:
+        return Path(filename).resolve()
+    except (OSError, ValueError):
+        return None
+
+
 def load_plugin(spec: str) -> None:
     """Import a user plugin: a path to a .py file or a dotted module name.
 
@@ -190,7 +200,12 @@ def load_plugin(spec: str) -> None:
     if spec.endswith(".py") or path.exists():
         if not path.is_file():
             raise AnbenchError(f"plugin file not found: {spec}")
-        module_name = f"anbench_plugin_{abs(hash(str(path.resolve())))}"
+        resolved = path.resolve()
+        if any(_module_file(m) == resolved for m in list(sys.modules.values())):
+            # Already imported (e.g. as a package module): its registrations are in place.
+            _loaded_plugins.add(spec)
+            return
+        module_name = f"anbench_plugin_{abs(hash(str(resolved)))}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         if module_spec is None or module_spec.loader is None:
             raise AnbenchError(f"cannot import plugin file: {spec}")

@@ -241,3 +241,11 @@ def test_parse_set_reads_yaml_values():
 def test_repository_bench_yaml_is_valid():
     config = load_config(bench_yaml=Path(__file__).resolve().parents[1] / "bench.yaml")
     assert config.run.backbone == "mini"
+
+
+def test_plugin_file_already_imported_as_a_module_is_not_registered_twice():
+    import tests.plugins.tiny_suite as tiny_suite  # registers tiny-clip and tiny-shapes
+    from anbench.registry import BACKBONES, load_plugin
+
+    load_plugin(tiny_suite.__file__)  # the same file by path: no "registered twice"
+    assert "tiny-clip" in BACKBONES

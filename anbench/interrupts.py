@@ -28,6 +28,11 @@ def install() -> None:
         signal.signal(signal.SIGINT, _handler)
 
 
+def clear() -> None:
+    """Forget a recorded Ctrl-C (an in-process caller that handled it, and tests)."""
+    _received.clear()
+
+
 def received() -> bool:
     return _received.is_set()
 

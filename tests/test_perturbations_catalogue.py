@@ -114,7 +114,7 @@ def test_expand_names_and_groups():
 def test_plan_expands_groups_and_default_is_the_paper_set():
     config = load_config(None, ["run.train_noise=[paper]", "run.eval_noise=[char,word-swap]"])
     plan = make_plan(config)
-    assert plan.train_noise == ["drop", "mask", "shuffle", "synonym", "wsp"]
+    assert plan.train_noise == ["drop", "mask", "shuffle", "synonym", "wsp", "paraphrase"]
     assert plan.eval_noise == [*CHAR, "word-swap"]
     assert make_plan(load_config(None, [])).eval_noise == plan.train_noise  # bench.yaml: paper
 

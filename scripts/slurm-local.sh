@@ -7,11 +7,11 @@
 #   scripts/slurm-local.sh status   exit 0 when the cluster answers
 #   scripts/slurm-local.sh env      print `export SLURM_CONF=...` for sbatch/squeue/submitit
 #
-# State folder: $ANBENCH_SLURM_DIR (default /tmp/anbench-slurm). Needs root: slurmd starts
+# State folder: $ANBENCH_SLURM_DIR (default $TMPDIR/anbench-slurm). Needs root: slurmd starts
 # jobs as the submitting user. Nothing here is a production setup: no limits are enforced.
 set -euo pipefail
 
-D=${ANBENCH_SLURM_DIR:-/tmp/anbench-slurm}
+D=${ANBENCH_SLURM_DIR:-${TMPDIR:-/tmp}/anbench-slurm}
 CONF=$D/etc/slurm.conf
 export SLURM_CONF=$CONF
 

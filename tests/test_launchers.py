@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -373,8 +374,9 @@ def test_status_of_a_missing_suite(tmp_path: Path):
 def _slurm_env() -> dict[str, str] | None:
     """The environment for a Slurm cluster that answers, or None."""
     env = dict(os.environ)
-    default_conf = Path(os.environ.get("ANBENCH_SLURM_DIR", "/tmp/anbench-slurm")) / "etc" \
-        / "slurm.conf"
+    state = os.environ.get("ANBENCH_SLURM_DIR",
+                           str(Path(tempfile.gettempdir()) / "anbench-slurm"))
+    default_conf = Path(state) / "etc" / "slurm.conf"
     if "SLURM_CONF" not in env and default_conf.is_file():
         env["SLURM_CONF"] = str(default_conf)
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:

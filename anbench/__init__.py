@@ -2,7 +2,8 @@
 
 Python API (see the README): `anbench.run(...)` trains and evaluates a suite and returns its
 handle, `anbench.load(path)` opens a stored suite (`.results`, `.cell(...)`, `.report(...)`),
-`anbench.perturb(text, noise)` shows what perturbations make of a sentence.
+`anbench.perturb(text, noise)` shows what perturbations make of a sentence,
+`anbench.perturb_image(out, ...)` draws an image under every image corruption.
 """
 
 from typing import Any
@@ -21,7 +22,7 @@ from anbench.registry import (
 __version__ = "0.1.0"
 
 # Loaded on first use, so `import anbench` (and the CLI's start) stays light.
-_API = ("run", "load", "perturb", "Suite", "Cell")
+_API = ("run", "load", "perturb", "perturb_image", "Suite", "Cell")
 
 
 def __getattr__(name: str) -> Any:
@@ -46,5 +47,6 @@ __all__ = [
     "load",
     "load_plugin",
     "perturb",
+    "perturb_image",
     "run",
 ]

@@ -155,7 +155,17 @@ def perturb(text: str, noise: str | Iterable[str] = "all", *, seed: int = 1,
     from anbench.noise_groups import expand
 
     values = noise.split(",") if isinstance(noise, str) else [str(n) for n in noise]
-    names = expand([n.strip() for n in values if n.strip()], "noise")  # names and groups
+    asked = [n.strip() for n in values if n.strip()]
+    names = expand(asked, "noise")  # names and groups
+    images = [name for name in asked if name not in PERTURBATIONS and name in names]
+    if images:  # named on their own; groups such as `all` just leave image ones out
+        raise AnbenchError(f"perturb: {', '.join(images)} perturbs images, not text; see "
+                           "`anbench perturb-image`")
+    texts = [name for name in names if name in PERTURBATIONS]
+    if names and not texts:
+        raise AnbenchError(f"perturb: {', '.join(asked)} holds image perturbations only; see "
+                           "`anbench perturb-image`")
+    names = texts
     if not names:
         raise AnbenchError(f"perturb: no perturbation named; known: "
                            f"{', '.join(PERTURBATIONS.names())}")
@@ -170,6 +180,60 @@ def perturb(text: str, noise: str | Iterable[str] = "all", *, seed: int = 1,
     mask_token = backbone_mask_token(backbone_source(cfg, cfg.run.backbone))
     rows = preview(text, names, seed, class_name, mask_token, params=params)
     return pd.DataFrame(rows, columns=["noise", "severity", "text"])
+
+
+def perturb_image(out: str | Path = "perturb-image.png", *, dataset: str | None = None,
+                  image: str | Path | None = None, names: str | Iterable[str] = "image",
+                  seed: int = 1, size: int | None = None, config: str | Path | None = None,
+                  sets: Iterable[str] | None = None, plugins: Iterable[str] | None = None
+                  ) -> Path:
+    """A PNG grid of one image under image corruptions (rows) and severities (columns, 0 =
+    clean): `image` (a file), else the first test image of `dataset` (default: the first
+    configured dataset). `names`: image perturbations and groups (default: all that act on
+    pixels). Severities are the configured ones (bench.yaml). Returns the PNG's path."""
+    from anbench import image_grid
+    from anbench.backbones.loading import config_cache_dir
+    from anbench.config import load_config
+    from anbench.data.loading import dataset_source
+    from anbench.noise_groups import expand, groups
+    from anbench.registry import IMAGE_PERTURBATIONS
+
+    cfg = load_config(Path(config) if config is not None else None, list(sets or []),
+                      extra_plugins=list(plugins or []))
+    size = image_grid.DEFAULT_SIZE if size is None else int(size)
+    if size < 8:
+        raise AnbenchError(f"--size {size}: give 8 or more pixels")
+    values = names.split(",") if isinstance(names, str) else [str(n) for n in names]
+    asked = [n.strip() for n in values if n.strip()]
+    expanded = expand(asked, "--names")
+    table, image_names = groups(), set(IMAGE_PERTURBATIONS.names())
+    texts = [n for n in asked if n not in table and n not in image_names]
+    if texts:
+        raise AnbenchError(f"--names: {', '.join(texts)} perturbs text, not images; see "
+                           "`anbench perturb`")
+    params = {n: cfg.plugin_params("perturbations", n) for n in expanded if n in image_names}
+    explicit = all(n not in table for n in asked)
+    perturbations = image_grid.pixel_perturbations(expanded, explicit, params)
+    if not perturbations:
+        raise AnbenchError(f"--names {','.join(asked)}: no image perturbation that acts on "
+                           "pixels")
+    if image is not None:
+        picture, image_id, title = (image_grid.read_image(image), f"file:{Path(image).name}",
+                                    str(image))
+    else:
+        name = dataset or (cfg.run.datasets[0] if cfg.run.datasets else None)
+        if not name:
+            raise AnbenchError("--dataset: no dataset named and none configured")
+        loaded = dataset_source(cfg, name).load(config_cache_dir(cfg))
+        if len(loaded.test) == 0:
+            raise AnbenchError(f"--dataset {name}: its test split is empty")
+        item, label = loaded.test[0]
+        picture = loaded.load_image(item)
+        image_id = f"{name}/0"  # the id evaluation keys this image's rng by
+        title = f"{name}: first test image ({loaded.classnames[int(label)]})"
+    pixels = image_grid.as_array(image_grid.fit(picture, size))
+    rows = image_grid.grid(pixels, perturbations, seed, image_id)
+    return image_grid.write_grid(rows, Path(out), f"{title}; seed {seed}")
 
 
 # ---------------------------------------------------------------------------------- reports

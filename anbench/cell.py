@@ -28,6 +28,7 @@ from anbench.store import CellKey, fingerprint
 
 Progress = Callable[[int, int, dict[str, float]], None]
 FEATURE_MEMORY_BYTES = 2 << 30  # in-memory budget of the frozen-feature cache
+CORRUPTED_MEMORY_BYTES = 256 << 20  # in-memory budget of corrupted test images (uint8)
 
 
 def perturbation_for(config: BenchConfig, name: str, dataset: str | None = None,
@@ -70,6 +71,8 @@ class CellSpec:
     noise_draws: int = 1  # independent draws of every evaluation perturbation
     # cross-dataset: the datasets evaluated besides the training (source) dataset
     eval_datasets: tuple[str, ...] = ()
+    # image conditions: (test images per split, 0 = all; noise draws); None without any
+    image_eval: tuple[int, int] | None = None
 
     @property
     def method_cls(self) -> Any:
@@ -93,6 +96,7 @@ class CellSpec:
             "noise_draws": self.noise_draws,
             # only where set, so the fingerprints of the other protocols stay as they were
             **({"eval_datasets": list(self.eval_datasets)} if self.eval_datasets else {}),
+            **({"image_eval": list(self.image_eval)} if self.image_eval else {}),
         }
 
     @property
@@ -111,15 +115,19 @@ def resolve_cell(config: BenchConfig, key: CellKey, eval_noise: list[str],
     run = config.run
     train_noise = (perturbation_for(config, key.train_noise, key.dataset, key.backbone)
                    if key.train_noise != "none" else None)
+    eval_noises = tuple(eval_conditions(config, eval_noise, key.dataset, key.backbone))
+    image_eval = ((run.image_eval_images or 0, run.image_noise_draws)
+                  if any(n.modality == "image" for n in eval_noises) else None)
     return CellSpec(
         key=key, suite=run.suite, protocol=run.protocol,
         method_params=config.plugin_params("methods", key.method, backbone=key.backbone,
                                            dataset=key.dataset),
         train_noise=train_noise,
-        eval_noises=tuple(eval_conditions(config, eval_noise, key.dataset, key.backbone)),
+        eval_noises=eval_noises,
         augment_views=run.augment_views if run.augment else None,
         weights_hash=weights_hash, noise_draws=run.noise_draws,
-        eval_datasets=tuple(eval_datasets) if run.protocol == "cross-dataset" else ())
+        eval_datasets=tuple(eval_datasets) if run.protocol == "cross-dataset" else (),
+        image_eval=image_eval)
 
 
 @dataclass
@@ -160,6 +168,7 @@ class CellEnvironment:
     prefix_cache: Any
     feature_cache: Any = None  # a PrefixCache of frozen image features, or None (off)
     _data: dict[tuple[Any, ...], CellData] = field(default_factory=dict)
+    _corrupted: Any = None  # a PrefixCache of corrupted test images (anbench.image_eval)
 
     @classmethod
     def load(cls, config: BenchConfig, progress: bool = True) -> CellEnvironment:
@@ -199,6 +208,22 @@ class CellEnvironment:
 
         return image_features(method, images, weights_hash=self.backbone.weights_hash,
                               cache=self.feature_cache, workers=self.config.run.workers)
+
+    def image_eval(self, method: Any, space: Any, images: Any, seed: int,
+                   settings: tuple[int, int]) -> Any:
+        """The image conditions of one split (`anbench.image_eval.ImageEval`): its subsample
+        of `settings[0]` images (0: all) and `settings[1]` draws; corrupted images are cached
+        in memory and under <cache_dir>/corrupted/."""
+        from anbench.image_eval import make_image_eval
+        from anbench.prefix_cache import PrefixCache
+
+        if self._corrupted is None:
+            self._corrupted = PrefixCache(max_bytes=CORRUPTED_MEMORY_BYTES,
+                                          directory=self.cache_dir / "corrupted")
+        limit, draws = settings
+        return make_image_eval(method, images, dataset=space.dataset, split=space.split,
+                               seed=seed, limit=limit, draws=draws,
+                               features=self.image_features, cache=self._corrupted)
 
     def _load_data(self, dataset: str, seed: int, shots: int,
                    eval_datasets: tuple[str, ...] = ()) -> CellData:
@@ -245,18 +270,27 @@ def _to_tensor(space: Any, subset: Any, transform: Any, workers: int | None = No
     return images.decode(workers), images.labels
 
 
-def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = None
-             ) -> CellResult:
-    """Train the cell's method (unless it does not train) and evaluate every split."""
-    from anbench.evaluation import class_sentences, evaluate_split, result_arrays, result_rows
+@dataclass
+class FittedMethod:
+    """A cell's method set up and trained outside `run_cell` (a fused group,
+    `anbench.cell_group`), with what that cost this cell and, per split, its test-image
+    features when they were computed together with the other members'."""
+
+    method: Any
+    history: list[dict[str, Any]]
+    timing: dict[str, float]  # this cell's share: "load", "train", "evaluate" (shared part)
+    image_features: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. {"fused": {...}} for meta.json
+
+
+def setup_method(spec: CellSpec, env: CellEnvironment, data: CellData) -> Any:
+    """The cell's method, built (seeded by the cell's seed) and `setup` on its training label
+    space: the same for a cell run alone and for a member of a fused group."""
+    from anbench.evaluation import class_sentences
     from anbench.method import TaskContext
     from anbench.prefix_cache import preprocessing_tag
-    from anbench.training import train
 
-    started = time.time()
     key = spec.key
-    data = env.data(key.dataset, key.seed, key.shots, spec.eval_datasets)
-    loaded = time.time()
     train_space = data.train_space
     params = spec.method_params
     torch.manual_seed(key.seed)
@@ -279,8 +313,30 @@ def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = N
                    env.backbone.preprocess_train if augment else env.backbone.preprocess_eval)})
     train_images, train_labels = data.tensors["train"]
     method.setup(task, train_images, train_labels)
-    history: list[dict[str, float]] = []
-    if spec.trains:
+    return method
+
+
+def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = None,
+             fitted: FittedMethod | None = None) -> CellResult:
+    """Train the cell's method (unless it does not train, or `fitted` brings it trained) and
+    evaluate every split."""
+    from anbench.evaluation import evaluate_split, result_arrays, result_rows
+    from anbench.training import train
+
+    started = time.time()
+    key = spec.key
+    data = env.data(key.dataset, key.seed, key.shots, spec.eval_datasets)
+    loaded = time.time()
+    params = spec.method_params
+    noise = spec.train_noise
+    history: list[dict[str, Any]] = []
+    features: dict[str, dict[str, torch.Tensor]] = {}
+    if fitted is not None:
+        method, history, features = fitted.method, fitted.history, fitted.image_features
+    else:
+        method = setup_method(spec, env, data)
+    if fitted is None and spec.trains:
+        train_images, train_labels = data.tensors["train"]
         fit_images = data.tensors.get("train_views", train_images)  # [N, V, C, H, W] augmented
 
         def step(done: int, total: int, terms: dict[str, float]) -> None:
@@ -297,11 +353,15 @@ def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = N
         all_classnames = [name for other in data.spaces.values()
                           if other.dataset == space.dataset for name in other.classnames]
         images = data.images[split]
+        image_eval = (env.image_eval(method, space, images, key.seed, spec.image_eval)
+                      if spec.image_eval else None)
+        split_features = (features[split] if split in features  # computed by a fused group
+                          else env.image_features(method, images))
         results.append(evaluate_split(
-            method, space.split, env.image_features(method, images), images.labels,
+            method, space.split, split_features, images.labels,
             list(space.classnames), space.template, list(space.templates), space.descriptions,
             list(spec.eval_noises), key.seed, space.dataset, all_classnames=all_classnames,
-            draws=spec.noise_draws))
+            draws=spec.noise_draws, image_eval=image_eval))
     base = {"suite": spec.suite, "dataset": key.dataset, "backbone": key.backbone,
             "method": key.method, "train_noise": key.train_noise, "shots": key.shots,
             "seed": key.seed}
@@ -313,15 +373,24 @@ def run_cell(spec: CellSpec, env: CellEnvironment, progress: Progress | None = N
         rows = pd.DataFrame(result_rows(results, list(spec.eval_noises), base))
     for res, split in zip(results, data.spaces, strict=True):
         res.split = split  # arrays, sentences and accuracies are keyed by the split's name
+    timing = {"load": loaded - started, "train": trained - loaded,
+              "evaluate": time.time() - trained}
+    if fitted is not None:  # plus this cell's share of its group's setup, training, features
+        timing = {name: value + fitted.timing.get(name, 0.0) for name, value in timing.items()}
     meta = {
-        "seconds": round(time.time() - started, 2), "history": history,
-        "timing": {"load": round(loaded - started, 3), "train": round(trained - loaded, 3),
-                   "evaluate": round(time.time() - trained, 3)},
+        "seconds": round(sum(timing.values()), 2), "history": history,
+        "timing": {name: round(value, 3) for name, value in timing.items()},
+        **(fitted.meta if fitted is not None else {}),
         "method_params": params.model_dump(mode="json"),
         # report = describe + what the semantic filter did (draws, rejections), if it is on
         "train_noise": noise.report(key.seed) if noise is not None else None,
         "eval_noise": [n.perturbation.report(key.seed, n.severity) for n in spec.eval_noises],
         "noise_draws": spec.noise_draws,
+        **({"image_eval": {"images_per_split": spec.image_eval[0],
+                           "draws": spec.image_eval[1],
+                           "evaluated": {r.split: len(r.image_positions) for r in results
+                                         if r.image_positions is not None}}}
+           if spec.image_eval else {}),
         "sentences": {r.split: {"clean": r.sentences, **r.noisy_sentences} for r in results},
         "classes": {split: list(space.classnames) for split, space in data.spaces.items()},
     }

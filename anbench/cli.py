@@ -1,4 +1,5 @@
-"""The `anbench` command line: run, list, report, perturb, doctor, backbone build."""
+"""The `anbench` command line: run, list, report, perturb, perturb-image, doctor, backbone
+build."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def list_(kind: Annotated[Kind | None, typer.Argument(help="What to list (all if
           = None, config: ConfigOpt = None, set_: SetOpt = None, plugin: PluginOpt = None) -> None:
     """List registered methods, perturbations, datasets, backbones or reports."""
     _config(config, set_, plugin)  # loads plugins named in bench.yaml / --plugin
-    kinds = [kind.value] if kind else list(REGISTRIES)
+    # `perturbations` lists both perturbation kinds (text and image) together
+    kinds = [kind.value] if kind else [k for k in REGISTRIES if k != "image_perturbations"]
     for name in kinds:
         entries = REGISTRIES[name].entries()
         if len(kinds) > 1:
@@ -299,6 +301,30 @@ def perturb(
     width = max((len(name) for name in rows["noise"]), default=0)
     for name, level, output in rows.itertuples(index=False):
         typer.echo(f"{name:<{width}}  severity={level:g}  {output}")
+
+
+@app.command("perturb-image")
+def perturb_image(
+    dataset: Annotated[str | None, typer.Option(help="Dataset whose first test image is shown "
+                                                "(default: the first configured).")] = None,
+    image: Annotated[Path | None, typer.Option(help="An image file to show instead.")] = None,
+    names: Annotated[str, typer.Option(help="Image perturbations and groups (image, noise, "
+                                            "blur, weather, digital), comma-separated.")]
+    = "image",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 1,
+    size: Annotated[int | None, typer.Option(help="Larger images are resized and centre-"
+                                             "cropped to this many pixels first.")] = None,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("perturb-image.png"),
+    config: ConfigOpt = None, set_: SetOpt = None, plugin: PluginOpt = None,
+) -> None:
+    """Write a PNG grid of one image under every image corruption (rows) and severity 0..5."""
+    from anbench.api import perturb_image as grid
+
+    if out.is_dir():
+        raise AnbenchError(f"--out: {out} is a folder; give a .png file name")
+    path = grid(out, dataset=dataset, image=image, names=names, seed=seed, size=size,
+                config=config, sets=set_, plugins=plugin)
+    typer.echo(f"written: {path}")
 
 
 @backbone_app.command("build")

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PositiveInt,
     PrivateAttr,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -79,6 +80,12 @@ class RunSection(Strict):
     # Independent noise draws per (class, perturbation, severity): rows report the mean over
     # draws and its std, so one lucky or unlucky sentence cannot make a robustness number.
     noise_draws: PositiveInt = Field(10, le=1000)
+    # Image perturbations (corruptions) are evaluated on this many test images per split, a
+    # fixed seeded subsample that every method, seed and run shares (0 or null: all), ...
+    image_eval_images: StrictInt | None = Field(50, ge=0)
+    # ... each drawn this many times (corrupting and encoding images is costly; with one draw
+    # the `_std` rows are empty: a spread over one draw is not known).
+    image_noise_draws: StrictInt = Field(1, ge=1, le=1000)
     # torch intra-op threads on CPU (None: torch's default, one per core).
     threads: PositiveInt | None = 1
     prefix_cache_disk: bool = False  # also store frozen prefixes under <cache_dir>/prefix/
@@ -88,6 +95,11 @@ class RunSection(Strict):
     # Frozen image features (zeroshot, coop) computed once per image list and backbone, kept
     # in memory and under <cache_dir>/features/ for later cells, methods and runs.
     feature_cache: bool = True
+    # Cells of a fusable method (ANPrompt and its ablations) that share dataset, shots and
+    # seed train and evaluate as one group over one frozen pass (anbench.cell_group; `local`
+    # launcher only). auto: where the results equal the cells run alone (CPU, float32);
+    # true: also on CUDA, where they do not (see README, Performance); false: one at a time.
+    fuse_cells: Literal["auto"] | bool = "auto"
 
     @field_validator("methods", "noise", "train_noise", "eval_noise", "datasets", mode="before")
     @classmethod
@@ -95,6 +107,17 @@ class RunSection(Strict):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("fuse_cells", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> Any:
+        words = {"auto": "auto", "true": True, "false": False, "yes": True, "no": False,
+                 "on": True, "off": False}
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in words:
+            return words[value.strip().lower()]
+        raise ValueError(f"must be auto, true or false, got {value!r}")
 
     @field_validator("suite")
     @classmethod
@@ -187,8 +210,7 @@ class BenchConfig(Strict):
     def plugin_params(self, section: str, name: str, *, backbone: str | None = None,
                       dataset: str | None = None) -> Any:
         """The validated `Params` of plugin `name`, with per-backbone then per-dataset overrides."""
-        registry = REGISTRIES[SECTION_REGISTRY[section]]
-        cls = registry.get(name)
+        cls = section_registry(section, name).get(name)
         raw = dict(getattr(self, section).get(name, {}))
         path = f"{section}.{name}"
         for scope, key in (("per_backbone", backbone), ("per_dataset", dataset)):
@@ -202,6 +224,24 @@ class BenchConfig(Strict):
         if isinstance(command_line, dict) and command_line:
             raw.update(command_line)
         return _validate_params(cls, raw, path)
+
+
+def section_registry(section: str, name: str) -> Any:
+    """The registry that entry `name` of a plugin section belongs to: the `perturbations`
+    section configures both perturbation kinds, text and image (two registries)."""
+    registry = REGISTRIES[SECTION_REGISTRY[section]]
+    if section == "perturbations" and name not in registry:
+        images = REGISTRIES["image_perturbations"]
+        if name in images:
+            return images
+    return registry
+
+
+def _known(section: str) -> str:
+    names = REGISTRIES[SECTION_REGISTRY[section]].names()
+    if section == "perturbations":
+        names = names + REGISTRIES["image_perturbations"].names()
+    return ", ".join(names)
 
 
 def _validate_params(cls: Any, raw: dict[str, Any], path: str) -> Any:
@@ -342,9 +382,9 @@ def validate_plugin_sections(config: BenchConfig) -> None:
     for section, registry_key in SECTION_REGISTRY.items():
         registry = REGISTRIES[registry_key]
         for name in getattr(config, section):
-            if name not in registry:
+            if name not in section_registry(section, name):
                 raise ConfigError(f"config error at '{section}.{name}': unknown "
-                                  f"{registry.kind}; known: {', '.join(registry.names())}")
+                                  f"{registry.kind}; known: {_known(section)}")
             config.plugin_params(section, name)
     for scope, kind in (("per_backbone", "backbones"), ("per_dataset", "datasets")):
         for key, overrides in getattr(config, scope).items():
@@ -356,10 +396,10 @@ def validate_plugin_sections(config: BenchConfig) -> None:
             for section in ("methods", "perturbations"):
                 registry = REGISTRIES[section]
                 for name in getattr(overrides, section):
-                    if name not in registry:
+                    if name not in section_registry(section, name):
                         raise ConfigError(
                             f"config error at '{scope}.{key}.{section}.{name}': unknown "
-                            f"{registry.kind}; known: {', '.join(registry.names())}")
+                            f"{registry.kind}; known: {_known(section)}")
                     kwargs = {"backbone": key} if scope == "per_backbone" else {"dataset": key}
                     config.plugin_params(section, name, **kwargs)
 

@@ -49,6 +49,12 @@ def run_doctor(config: BenchConfig) -> bool:
         _line(ok, what, detail)
         needed_ok = needed_ok and ok
 
+    typer.echo("image corruptions (image perturbations; not needed by text-only runs):")
+    from anbench.imagecorruptions_compat import status as corruption_status
+
+    ok, detail = corruption_status()
+    _line(ok, "imagecorruptions", detail)
+
     typer.echo("datasets:")
     from anbench.data.loading import dataset_source
 

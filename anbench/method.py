@@ -80,6 +80,12 @@ class Method(nn.Module):
     # (`anbench.feature_cache`). Read from the class's own body only, never inherited: a
     # subclass that prompts the image path must not silently reuse those features.
     frozen_image_features: ClassVar[bool] = False
+    # True: cells of this method that share images and seed train together as one group
+    # (`anbench.cell_group`), which needs `fusion_key(params)` (equal keys may share a group),
+    # `fused_loss(members, inputs, labels)` (each member's terms from one pass) and, for a
+    # shared test-image pass, `frozen_image_inputs(batch)` / `encode_from_frozen(frozen)`.
+    # Read from the class's own body only, never inherited (like `frozen_image_features`).
+    fusable: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams, adapter: BackboneAdapter):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Robustness metrics, computed from stored logits and text features.
+"""Robustness metrics, computed from stored logits and text (or image) features.
 
 All take plain tensors so they can be recomputed from a cell's stored arrays without a model.
 Accuracies and LPR are percentages; AS is in percentage points.
@@ -29,6 +29,20 @@ def text_shift(clean: torch.Tensor | np.ndarray, perturbed: torch.Tensor | np.nd
     """TS = mean over classes of 1 - cos(t_c, t~_c)."""
     clean, perturbed = _t(clean).double(), _t(perturbed).double()
     return float((1.0 - F.cosine_similarity(clean, perturbed, dim=-1)).mean())
+
+
+def image_feature_shift_per_image(clean: torch.Tensor | np.ndarray,
+                                  perturbed: torch.Tensor | np.ndarray) -> np.ndarray:
+    """1 - cos(f_i, f~_i) of each image i (rows of `[N, d]` features)."""
+    clean, perturbed = _t(clean).double(), _t(perturbed).double()
+    return (1.0 - F.cosine_similarity(clean, perturbed, dim=-1)).cpu().numpy()
+
+
+def image_feature_shift(clean: torch.Tensor | np.ndarray,
+                        perturbed: torch.Tensor | np.ndarray) -> float:
+    """IFS = mean over images of 1 - cos(f, f~) (clean and perturbed image features)."""
+    per_image = image_feature_shift_per_image(clean, perturbed)
+    return float(per_image.mean()) if len(per_image) else float("nan")
 
 
 def logit_preservation_rate(clean_logits: torch.Tensor | np.ndarray,
@@ -80,6 +94,7 @@ METRICS: dict[str, MetricInfo] = {m.key: m for m in (
     MetricInfo("acc", "Acc", "Accuracy (%)", "%", "higher", 2),
     MetricInfo("hm", "HM", "HM of base/new accuracy (%)", "%", "higher", 2),
     MetricInfo("ts", "TS", "Text shift (1 − cos)", "", "lower", 4),
+    MetricInfo("ifs", "IFS", "Image feature shift (1 − cos)", "", "lower", 4),
     MetricInfo("lpr", "LPR", "LPR (%)", "%", "higher", 2),
     # AS = Acc(perturbed) - Acc(clean): closer to zero from below is more robust
     MetricInfo("as", "AS", "Accuracy shift (pp)", "pp", "higher", 2),

@@ -49,6 +49,14 @@ def register_kind(modality: str, registry: Any) -> None:
 
 
 def kinds() -> list[tuple[str, Any]]:
+    """Every kind, after discovery: discovering a registry imports its built-in package, whose
+    modules may register another kind (the image kind registers itself that way)."""
+    seen = 0
+    while seen < len(_KINDS):
+        discover = getattr(_KINDS[seen][1], "discover", None)
+        if callable(discover):
+            discover()
+        seen += 1
     return list(_KINDS)
 
 
@@ -64,7 +72,7 @@ def level_of(obj: Any) -> str | None:
 def groups() -> dict[str, list[str]]:
     """Group name -> member names, each list in registration order; empty groups left out."""
     out: dict[str, list[str]] = {"all": []}
-    for modality, registry in _KINDS:
+    for modality, registry in kinds():
         for entry in registry.entries():
             out["all"].append(entry.name)
             out.setdefault(modality_of(entry.obj, modality), []).append(entry.name)
@@ -78,7 +86,7 @@ def groups() -> dict[str, list[str]]:
 
 def _lookup(name: str, table: dict[str, list[str]]) -> None:
     """Fail on an unknown name, listing the known names and groups."""
-    if any(name in registry for _, registry in _KINDS):
+    if any(name in registry for _, registry in kinds()):
         return
     names = table.get("all", [])
     raise UnknownNameError("perturbation", name,
@@ -111,11 +119,39 @@ def expand(values: list[str], what: str) -> list[str]:
     return out
 
 
+def can_train(name: str) -> bool:
+    """Whether a method may train with perturbation `name`: text ones can; one of another kind
+    only when its class declares `can_train` (image corruptions are evaluation-only)."""
+    for modality, registry in kinds():
+        if name in registry:
+            return bool(getattr(registry.get(name), "can_train", modality == "text"))
+    return False
+
+
+def expand_training(values: list[str], what: str, explicit: bool) -> list[str]:
+    """`expand` for training noises: groups keep only their members that can train. A name
+    given on its own that cannot train is an error when `explicit` (it was asked for as a
+    training noise, `--train-noise`), else left out (`--noise` names evaluation noise too)."""
+    names = expand(values, what)
+    if explicit:
+        table = groups()
+        wrong = [v for v in values if v not in table and v in names and not can_train(v)]
+        if wrong:
+            trainable = [n for n in table.get("all", []) if can_train(n)]
+            raise AnbenchError(f"{what}: {', '.join(wrong)} cannot be a training noise "
+                               "(image corruptions are evaluation-only; use --eval-noise); "
+                               f"training noises: {', '.join(trainable)}")
+    kept = [name for name in names if can_train(name)]
+    if explicit and names and not kept:
+        raise AnbenchError(f"{what}: no member of {', '.join(values)} can be a training noise")
+    return kept
+
+
 def listing() -> list[str]:
     """`anbench list perturbations`: one block per (modality, level), then the groups and what
     is not provided."""
     blocks: dict[str, list[Any]] = {}
-    for modality, registry in _KINDS:
+    for modality, registry in kinds():
         for entry in registry.entries():
             level = level_of(entry.obj) or "other"
             blocks.setdefault(f"{modality_of(entry.obj, modality)} / {level}", []).append(entry)

@@ -31,6 +31,7 @@ import numpy as np
 import pydantic
 from pydantic import ConfigDict, Field, field_serializer, field_validator
 
+from anbench import draw_memo
 from anbench.hashing import json_digest
 from anbench.registry import PERTURBATIONS, AnbenchError
 from anbench.seeds import numpy_rng
@@ -232,6 +233,12 @@ def apply(p: Perturbation, texts: Sequence[str], contexts: Sequence[TextContext]
     if severity == 0:
         return list(texts)
     spec = getattr(p.params, "semantic_filter", None)
+    # cells evaluated together (a fused group) draw each sentence list once: anbench.draw_memo
+    memo = draw_memo.active() if spec is None else None
+    memo_key = (memo.key(p, texts, contexts, item_ids, seed, severity, draw)
+                if memo is not None else None)
+    if memo is not None and (known := memo.get(memo_key)) is not None:
+        return known
     out = []
     for text, ctx, item_id in zip(texts, contexts, item_ids, strict=True):
         rng = derive_rng(seed, p.name, severity, item_id, draw)
@@ -247,6 +254,8 @@ def apply(p: Perturbation, texts: Sequence[str], contexts: Sequence[TextContext]
         # with the semantic filter, retries continue the item's own rng stream
         out.append(once() if spec is None else
                    filtered(once, text, spec, p.filter_stats(severity)))
+    if memo is not None:
+        memo.put(memo_key, out)
     return out
 
 
@@ -264,7 +273,14 @@ def mix_features(clean: torch.Tensor, noisy: torch.Tensor, alpha: float) -> torc
 
 def build_perturbation(name: str,
                        params: dict[str, Any] | PerturbationParams | None = None) -> Perturbation:
-    """Instantiate a registered perturbation with validated parameters."""
+    """Instantiate a registered perturbation with validated parameters (an image perturbation
+    for a name of that kind: `anbench.image_perturbation`)."""
+    from anbench.registry import IMAGE_PERTURBATIONS
+
+    if name not in PERTURBATIONS and name in IMAGE_PERTURBATIONS:
+        from anbench.image_perturbation import build_image_perturbation
+
+        return build_image_perturbation(name, params)  # type: ignore[arg-type]
     cls = PERTURBATIONS.get(name)  # a Perturbation subclass: the registry checks that
     if isinstance(params, PerturbationParams):
         return cls(params)

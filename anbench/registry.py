@@ -157,6 +157,11 @@ class Registry(Generic[T]):
 PERTURBATIONS: Registry[Any] = Registry("perturbation", "anbench.perturbations",
                                         "anbench.perturbations",
                                         base="anbench.perturbation.Perturbation")
+# The second perturbation kind: image corruptions and image-feature noise. Its built-ins live in
+# the same package as the text ones; `anbench.noise_groups` joins both kinds into one namespace.
+IMAGE_PERTURBATIONS: Registry[Any] = Registry(
+    "image perturbation", "anbench.perturbations", "anbench.image_perturbations",
+    base="anbench.image_perturbation.ImagePerturbation")
 METHODS: Registry[Any] = Registry("method", "anbench.methods", "anbench.methods",
                                   base="anbench.method.Method")
 DATASETS: Registry[Any] = Registry("dataset", "anbench.data.builtin", "anbench.datasets",
@@ -169,6 +174,7 @@ REPORTS: Registry[Any] = Registry("report", "anbench.reports", "anbench.reports"
 REGISTRIES: dict[str, Registry[Any]] = {
     "methods": METHODS,
     "perturbations": PERTURBATIONS,
+    "image_perturbations": IMAGE_PERTURBATIONS,
     "datasets": DATASETS,
     "backbones": BACKBONES,
     "reports": REPORTS,

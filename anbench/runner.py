@@ -31,6 +31,7 @@ from anbench.config import BenchConfig
 from anbench.data.loading import dataset_source
 from anbench.device import resolve_device
 from anbench.noise_groups import expand as expand_noise
+from anbench.noise_groups import expand_training
 from anbench.registry import BACKBONES, DATASETS, METHODS, AnbenchError
 from anbench.store import CellKey, StoredCell, SuiteStore
 
@@ -76,8 +77,11 @@ def make_plan(config: BenchConfig) -> Plan:
         raise AnbenchError(f"no methods selected; known: {', '.join(METHODS.names())}")
     # perturbation names and groups (all, paper, text, char, word, ...): anbench.noise_groups
     noise = expand_noise(run.noise, "--noise")
-    train_noise = noise if run.train_noise is None else expand_noise(
-        run.train_noise, "--train-noise")
+    # Training noises: only perturbations that can train (text ones, image ones that declare
+    # it); an image corruption named in --train-noise is an error (anbench.noise_groups).
+    train_noise = (expand_training(run.noise, "--noise", explicit=False)
+                   if run.train_noise is None else
+                   expand_training(run.train_noise, "--train-noise", explicit=True))
     eval_noise = noise if run.eval_noise is None else expand_noise(
         run.eval_noise, "--eval-noise")
     datasets = _expand(run.datasets, DATASETS, "--datasets")
@@ -195,6 +199,7 @@ def print_dry_run(config: BenchConfig, plan: Plan, store: SuiteStore) -> None:
           f"{plan.seeds}; shots {plan.shots}; eval noise {', '.join(plan.eval_noise) or 'none'}")
     total_steps = 0
     planned = set(plan.cells)
+    pending: dict[CellKey, bool] = {}  # what a run would compute (and group, when fusing)
     for key in plan.cells:
         stored = store.inspect(key)
         spec = resolve_cell(config, key, plan.eval_noise,
@@ -213,6 +218,7 @@ def print_dry_run(config: BenchConfig, plan: Plan, store: SuiteStore) -> None:
             state = "complete"
         else:
             state = "changed"
+        pending[key] = state != "complete"
         changed = spec.changed_params()
         detail = " ".join(f"{k}={v}" for k, v in changed.items())
         print(f"  {state:<8}  {key.label():<48} {steps:>6} steps  {detail}".rstrip())
@@ -224,9 +230,28 @@ def print_dry_run(config: BenchConfig, plan: Plan, store: SuiteStore) -> None:
     for cell in stale:
         print(f"  stale     {cell.key.label()} (other settings; kept on disk, left out of "
               "results; `anbench prune` removes it)")
+    from anbench.cell_group import fusion_on
+
+    if config.run.launcher == "local" and fusion_on(config, resolve_device(config.run.device)):
+        print_groups(config, plan, [key for key in plan.cells if pending.get(key, True)])
     evals = len(eval_conditions(config, plan.eval_noise))
     print(f"{len(plan.cells)} cells, {total_steps} training steps, {evals} evaluation "
           f"conditions per split besides clean" + (f"; {len(stale)} stale" if stale else ""))
+
+
+def print_groups(config: BenchConfig, plan: Plan, keys: list[CellKey]) -> None:
+    """The fused groups the local launcher would run the pending cells in
+    (`run.fuse_cells`)."""
+    from anbench.cell_group import group_label, groups_summary, plan_groups
+
+    groups = plan_groups([resolve_cell(config, key, plan.eval_noise, "", plan.eval_datasets)
+                          for key in keys])
+    fused = [group for group in groups if len(group) > 1]
+    if fused:
+        print("fused groups (run.fuse_cells; each cell is still stored on its own):")
+    for number, group in enumerate(fused, 1):
+        print(f"  group {number}, {len(group)} cells: {group_label(group)}")
+    print(groups_summary(groups))
 
 
 def _train_classes(config: BenchConfig, dataset: str) -> int:

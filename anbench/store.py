@@ -39,7 +39,7 @@ from anbench.files import (
 )
 from anbench.hashing import file_digest, json_digest
 from anbench.locks import LockFile
-from anbench.results_schema import RESULT_COLUMNS, RESULT_DTYPES
+from anbench.results_schema import RESULT_COLUMNS, RESULT_DTYPES, with_modality
 
 MARKER = "COMPLETE"
 MARKER_VERSION = 2
@@ -213,6 +213,8 @@ class SuiteStore:
         (directory / MARKER).unlink(missing_ok=True)  # a half-rewritten cell is incomplete
         for stale in ("prompts.pt",):  # a file the new result may not rewrite
             (directory / stale).unlink(missing_ok=True)
+        if "modality" not in rows.columns:  # rows made before the column existed: inferred
+            rows = with_modality(rows)
         atomic_write_text(directory / "rows.csv", rows[RESULT_COLUMNS].to_csv(index=False))
         atomic_save_npz(directory / "arrays.npz", arrays)
         names = ["rows.csv", "arrays.npz", "meta.json"]
@@ -230,6 +232,8 @@ class SuiteStore:
     def read_rows(self, cell: StoredCell) -> pd.DataFrame:
         frame = pd.read_csv(cell.directory / "rows.csv", keep_default_na=False, na_values=[""],
                             dtype=RESULT_DTYPES)
+        if "modality" not in frame.columns:  # a cell stored before the column: inferred
+            frame = with_modality(frame)
         if list(frame.columns) != RESULT_COLUMNS:
             raise ValueError("unexpected columns")
         return frame

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -127,3 +127,105 @@ def train(method: Method, images: torch.Tensor, labels: torch.Tensor, params: Me
     finally:
         method.eval()
     return history
+
+
+GroupProgress = Callable[[int, int, dict[int, dict[str, Any]]], None]
+
+
+def train_group(methods: Sequence[Method], images: torch.Tensor, labels: torch.Tensor,
+                params: Sequence[MethodParams], seed: int,
+                progress: GroupProgress | None = None) -> list[list[dict[str, Any]] | Exception]:
+    """Train several methods of one fusable family (`Method.fusable`, already `setup`) on the
+    same few-shot set together: one shuffled order (the shared `seed`), one
+    `fused_loss` pass per step for all members, then each member's own optimiser step at its
+    own learning rate. Member m's history and parameters are those `train(methods[m], ...)`
+    gives: its loss terms come from the same rows, its gradients from its own terms (the
+    members' parameters are disjoint) and its optimiser and schedule are its own.
+
+    Returns one entry per member: its history, or the error that stopped it (a non-finite
+    loss, as `train` raises); the others go on. `progress(step, total, records)` gets the
+    records of the members still training, by index. Errors of the shared pass propagate."""
+    if not methods or len(methods) != len(params):
+        raise ValueError(f"train_group: {len(methods)} methods and {len(params)} parameter sets")
+    steps = {(p.epochs, p.batch_size) for p in params}
+    if len(steps) != 1:
+        raise ValueError(f"train_group: members differ in (epochs, batch size): {sorted(steps)}")
+    family = type(methods[0]).fused_loss
+    optimizers = []
+    for method, method_params in zip(methods, params, strict=True):
+        parameters = list(method.trainable_parameters())
+        if not parameters:
+            raise ValueError(f"{type(method).__name__} has no trainable parameters")
+        optimizers.append(build_optimizer(parameters, method_params))
+    if len(images) != len(labels) or len(labels) == 0:
+        raise ValueError(f"train: {len(images)} images and {len(labels)} labels")
+    lead = methods[0]
+    adapter = lead.adapter
+    gen = torch.Generator().manual_seed(int(seed))
+    labels = labels.long()
+    for method in methods:
+        method.train()
+    views = images.shape[1] if images.dim() == 5 else 0
+    per_view: dict[int, torch.Tensor | dict[str, torch.Tensor]] = {}
+    if not views:
+        with adapter.autocast():
+            inputs = lead.training_inputs(images)  # the members' frozen inputs are the same
+    epochs, batch = params[0].epochs, params[0].batch_size
+    n = len(labels)
+    total = epochs * math.ceil(n / batch)
+    histories: list[list[dict[str, Any]]] = [[] for _ in methods]
+    failures: dict[int, Exception] = {}
+    active = list(range(len(methods)))
+    start = time.perf_counter()
+    step = 0
+    try:
+        for epoch in range(epochs):
+            lrs = {i: epoch_lr(params[i], epoch) for i in active}
+            for i in active:
+                for group in optimizers[i].param_groups:
+                    group["lr"] = lrs[i]
+            if views:
+                view = epoch % views
+                if view not in per_view:
+                    with adapter.autocast():
+                        per_view[view] = lead.training_inputs(images[:, view])
+                inputs = per_view[view]
+            order = torch.randperm(n, generator=gen)
+            for first in range(0, n, batch):
+                index = order[first:first + batch]
+                with adapter.autocast():
+                    terms = family([methods[i] for i in active], _rows(inputs, index),
+                                   labels[index])
+                losses = [sum(member.values()) for member in terms]
+                for i in active:
+                    optimizers[i].zero_grad(set_to_none=True)
+                # d(sum)/d(loss_m) = 1: each member gets exactly its own loss's gradients.
+                sum(losses).backward()
+                for i in active:
+                    optimizers[i].step()
+                step += 1
+                seconds = round(time.perf_counter() - start, 4)
+                records: dict[int, dict[str, Any]] = {}
+                for i, member, loss in zip(active, terms, losses, strict=True):
+                    record: dict[str, Any] = {"loss": float(loss.detach())}
+                    record.update({name: float(v.detach()) for name, v in member.items()})
+                    record.update(epoch=epoch, step=step, lr=lrs[i], seconds=seconds)
+                    histories[i].append(record)
+                    if not math.isfinite(record["loss"]):
+                        failures[i] = FloatingPointError(
+                            f"non-finite loss at step {step}: {record}")
+                    else:
+                        records[i] = record
+                active = [i for i in active if i not in failures]
+                if progress is not None and records:
+                    progress(step, total, records)
+                if not active:
+                    break
+            for i in active:
+                methods[i].on_epoch_end(epoch, epochs)
+            if not active:
+                break
+    finally:
+        for method in methods:
+            method.eval()
+    return [failures.get(i, histories[i]) for i in range(len(methods))]

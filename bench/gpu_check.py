@@ -139,6 +139,15 @@ def summary(args: argparse.Namespace) -> None:
             print(f"  {row['method']}: {row['test_images']} test images, load {row['load']} s, "
                   f"train {row['train']} s, evaluate {row['evaluate']} s, "
                   f"{row['images_per_s']} images/s, peak {row['peak_mb']} MB")
+    if args.fusion and Path(args.fusion).is_file():
+        fusion = json.loads(Path(args.fusion).read_text())
+        cells_run = sum(int(m["cells"]) for m in fusion["per_method"]["alone"].values())
+        print(f"\nfused vs unfused cells ({cells_run} cells, bench/fusion.py): fused "
+              f"{fusion['fused_s']:.1f} s, unfused {fusion['alone_s']:.1f} s, ratio "
+              f"{fusion['ratio']:.2f}x ({3600 * cells_run / fusion['fused_s']:,.0f} vs "
+              f"{3600 * cells_run / fusion['alone_s']:,.0f} cells per hour); results.csv max "
+              f"|diff| {fusion['row_diff']:.1e}, prompts {fusion['prompt_diff']:.1e}"
+              + ("; MISMATCH: " + " | ".join(fusion["problems"]) if fusion["problems"] else ""))
     projection = project(cells, args.backbone)
     print(f"\nprojection ({args.backbone} timings of {', '.join(projection['methods_measured'])}):"
           f" 11 datasets x {len(projection['methods_measured'])} methods x {PAPER_SEEDS} seeds, "
@@ -161,6 +170,7 @@ def main() -> None:
     summ.add_argument("--agreement", default=None)
     summ.add_argument("--scale", default=None)
     summ.add_argument("--cache", default=None)
+    summ.add_argument("--fusion", default=None, help="bench/fusion.py --json output")
     args = parser.parse_args()
     if args.command == "agreement":
         result = agreement(args)

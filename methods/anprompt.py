@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -32,6 +33,7 @@ from torch import nn
 
 from anbench.backbones.adapter import BackboneAdapter, ImageState, TextState
 from anbench.hashing import tensor_digest
+from anbench.image_perturbation import TrainingImageNoise, split_training_noise
 from anbench.method import Method, MethodParams, TaskContext
 from anbench.perturbation import apply, build_perturbation, make_context, mix_features
 from anbench.prefix_cache import (
@@ -96,6 +98,7 @@ class ANPrompt(Method):
     takes_train_noise = True
     default_train_noise = "wsp"
     prompt_buffers = ("noise_centroids",)  # N is part of the trained prompt, not class data
+    fusable = True  # cells with equal `fusion_key`s train as one group (`fused_loss`)
 
     def __init__(self, params: ANPromptParams, adapter: BackboneAdapter):
         super().__init__(params, adapter)
@@ -124,6 +127,10 @@ class ANPrompt(Method):
         self._prefix_cache: PrefixCache | None = None  # None: the process default
         self._preprocessing = ""
         self.setup_info: dict[str, Any] = {}
+        # Set by a fused group while it evaluates: class text features computed for all its
+        # members at once (`anbench.cell_group.SharedClassText`).
+        self.shared_text: Any = None
+        self._scaled: dict[tuple[int, float], tuple[torch.Tensor, torch.Tensor]] = {}
         self.reset_parameters(0)
 
     def reset_parameters(self, seed: int) -> None:
@@ -145,6 +152,9 @@ class ANPrompt(Method):
               train_labels: torch.Tensor) -> None:
         adapter = self.adapter
         self.reset_parameters(task.seed)
+        # An image training noise (image-feature-mix) mixes f^c / f^r in `loss`; the weak-noise
+        # text features then use the default text noise (wsp).
+        task, self._image_noise = split_training_noise(task)
         self._prefix_cache = cache_for(task.extra)
         self._preprocessing = str(task.extra.get("preprocessing", ""))
         with torch.no_grad(), adapter.autocast():
@@ -288,22 +298,72 @@ class ANPrompt(Method):
     # ------------------------------------------------------------------ contract
     def loss(self, images: torch.Tensor | dict[str, torch.Tensor], labels: torch.Tensor
              ) -> dict[str, torch.Tensor]:
-        if self._text_prefix is None:
+        return type(self).fused_loss([self], images, labels)[0]
+
+    # ------------------------------------------------------------------ fused groups
+    @classmethod
+    def fusion_key(cls, params: ANPromptParams) -> tuple[Any, ...]:
+        """Cells whose keys are equal (and that share images and seed) train as one group
+        (`anbench.cell_group`): same prompted depth and token count (prompts stack along the
+        batch), same frozen inputs (speed switches, class sentences) and same steps (epochs,
+        batch size: one shuffled order for all). Ablations and training noises may differ."""
+        return ("anprompt", params.depth, params.n_prompts, params.frozen_qkv,
+                params.cache_prefix, params.class_sentence, params.epochs, params.batch_size)
+
+    @classmethod
+    def fused_loss(cls, members: Sequence[ANPrompt],
+                   images: torch.Tensor | dict[str, torch.Tensor], labels: torch.Tensor
+                   ) -> list[dict[str, torch.Tensor]]:
+        """Each member's loss terms for one batch, from one pass through the prompted blocks:
+        member m's prompts fill rows [m*C, (m+1)*C) of the class sentences (and, off the CPU,
+        rows [m*B, (m+1)*B) of the image batch), the frozen inputs are shared. Frozen blocks act
+        on each row alone and the members' parameters are disjoint, so member m's terms (and
+        gradients) are those of its own `loss`; with one member this is `loss`."""
+        lead = members[0]
+        if any(m._text_prefix is None for m in members):
             raise RuntimeError("ANPrompt.setup() must run before loss()")
-        p, adapter = self.params, self.adapter
-        # Raw images (cache off, or a direct call): all frozen work for this batch, now.
-        inputs = self._frozen_inputs(images) if is_images(images) else images
+        adapter = lead.adapter
+        # Raw images (cache off, or a direct call): all frozen work for this batch, now, once.
+        inputs = lead._frozen_inputs(images) if is_images(images) else images
         labels = labels.to(adapter.device)
-        text_prompts, vision_prompts = self._anti_noise_prompts()
-        f_c, f_r = self._image_from_prefix(inputs["prefix"], vision_prompts, inputs.get("qkv"))
-        text_prefix = self._text_prefix
-        if not p.cache_prefix and self._text_tokens is not None:
+        count, batch = len(members), len(labels)
+        prompts = [m._anti_noise_prompts() for m in members]
+        text_prefix = lead._text_prefix
+        if not lead.params.cache_prefix and lead._text_tokens is not None:
             with torch.no_grad():
-                text_prefix = self._compute_text_prefix(self._text_tokens)
-        state = adapter.text_blocks(text_prefix, self.text_first, None, text_prompts,
-                                    self.text_first)
-        text = F.normalize(adapter.text_head(state).float(), dim=-1)
-        tau = adapter.logit_scale
+                text_prefix = lead._compute_text_prefix(lead._text_tokens)
+        classes = text_prefix.x.shape[0]
+        # Images: stacked on accelerators (the width they idle at batch 4). On a CPU each
+        # member's rows run as alone: there the stacked attention backward rounds differently
+        # once the batch grows (measured at 8 x 4 images), and the image blocks are cheap.
+        groups = [list(range(count))] if adapter.device.type != "cpu" else [[m] for m in
+                                                                           range(count)]
+        clean: list[torch.Tensor] = []
+        tokens: list[torch.Tensor] = []
+        for group in groups:
+            state = adapter.image_blocks(
+                ImageState(_repeat(inputs["prefix"], len(group))), lead.vision_first, None,
+                _stack([prompts[m][1] for m in group], batch), lead.vision_first,
+                head_only=True, frozen_qkv=_repeat(inputs.get("qkv"), len(group)))
+            out = adapter.image_head(state)
+            clean += F.normalize(out.features.float(), dim=-1).chunk(len(group))
+            tokens += out.prompt_tokens.chunk(len(group))
+        text_state = adapter.text_blocks(
+            TextState(_repeat(text_prefix.x, count), _repeat(text_prefix.valid, count),
+                      _repeat(text_prefix.pooled, count)),
+            lead.text_first, None, _stack([text for text, _ in prompts], classes),
+            lead.text_first)
+        text = F.normalize(adapter.text_head(text_state).float(), dim=-1).chunk(count)
+        terms = []
+        for m, f_c, prompt_tokens, t in zip(members, clean, tokens, text, strict=True):
+            f_r = F.normalize(m._nrvpp(prompt_tokens), dim=-1) if m.params.nrvpp else None
+            f_c, f_r = _mix_image_noise(getattr(m, "_image_noise", None), f_c, f_r)
+            terms.append(m._loss_terms(f_c, f_r, t, inputs["f0"], labels))
+        return terms
+
+    def _loss_terms(self, f_c: torch.Tensor, f_r: torch.Tensor | None, text: torch.Tensor,
+                    f_zero: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        p, tau = self.params, self.adapter.logit_scale
         z_c = scaled_logits(f_c, text, tau)
         terms: dict[str, torch.Tensor] = {}
         if f_r is not None:
@@ -313,40 +373,113 @@ class ANPrompt(Method):
         else:
             terms["ce_clean"] = F.cross_entropy(z_c, labels)
         if p.sim_weight:
-            terms["sim"] = p.sim_weight * sim_loss(f_c, inputs["f0"], text, self.t_zero)
+            terms["sim"] = p.sim_weight * sim_loss(f_c, f_zero, text, self.t_zero)
         if p.wa_weight:
             z_n = scaled_logits(f_r if f_r is not None else f_c, self.t_wn, tau)
             terms["wa"] = p.wa_weight * wa_loss(z_c, z_n)
         return terms
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.adapter.autocast():
-            _, vision_prompts = self._anti_noise_prompts()
-            f_c, f_r = self._image_from_prefix(self._image_prefix(images), vision_prompts)
+    def frozen_image_inputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a test-image batch gives before any prompt: the hidden states entering the
+        first prompted block and (frozen_qkv) that block's frozen-token projections. The
+        members of a fused group compute it once per batch (`encode_from_frozen`)."""
+        prefix = self._image_prefix(images)
+        qkv = (self.adapter.image_qkv(ImageState(prefix), self.vision_first)
+               if self.params.frozen_qkv else None)
+        return {"prefix": prefix} if qkv is None else {"prefix": prefix, "qkv": qkv}
+
+    @torch.no_grad()
+    def encode_from_frozen(self, frozen: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`encode_images` from `frozen_image_inputs` (under the adapter's autocast)."""
+        _, vision_prompts = self._anti_noise_prompts()
+        f_c, f_r = self._image_from_prefix(frozen["prefix"], vision_prompts, frozen.get("qkv"))
         return {"clean": f_c} if f_r is None else {"clean": f_c, "nrvpp": f_r}
 
     @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.adapter.autocast():
+            return self.encode_from_frozen(self.frozen_image_inputs(images))
+
+    @torch.no_grad()
     def class_features(self, sentences: list[str]) -> torch.Tensor:
-        adapter = self.adapter
-        out = []
+        if self.shared_text is not None:  # a fused group's members, computed together
+            return self.shared_text.features(self, sentences)
+        return type(self).fused_class_features([self], sentences)[0]
+
+    @classmethod
+    @torch.no_grad()
+    def fused_class_features(cls, members: Sequence[ANPrompt], sentences: list[str]
+                             ) -> list[torch.Tensor]:
+        """Each member's `class_features(sentences)` from one pass: the sentences tokenised
+        and their frozen text prefix computed once, then the prompted blocks run on the
+        members' prompts stacked along the batch (member m's rows at [m*C, (m+1)*C)). Rows do
+        not interact, so each member gets what it computes alone."""
+        lead = members[0]
+        adapter, count = lead.adapter, len(members)
+        parts: list[list[torch.Tensor]] = [[] for _ in members]
         with adapter.autocast():
-            text_prompts, _ = self._anti_noise_prompts()
+            prompts = [m._anti_noise_prompts()[0] for m in members]
             for start in range(0, len(sentences), 256):
                 tokens = adapter.trim(adapter.tokenize(sentences[start:start + 256]))
-                out.append(adapter.encode_text(tokens, prompts=text_prompts,
-                                               first_layer=self.text_first,
-                                               normalize=True).float())
-        return torch.cat(out)
+                prefix = lead._compute_text_prefix(tokens)
+                state = adapter.text_blocks(
+                    TextState(_repeat(prefix.x, count), _repeat(prefix.valid, count),
+                              _repeat(prefix.pooled, count)),
+                    lead.text_first, None, _stack(prompts, len(tokens)), lead.text_first)
+                features = F.normalize(adapter.text_head(state), dim=-1).float()
+                for part, chunk in zip(parts, features.chunk(count), strict=True):
+                    part.append(chunk)
+        return [torch.cat(part) for part in parts]
 
     def logits(self, image_features: dict[str, torch.Tensor], text_features: torch.Tensor,
                split: Literal["base", "new", "all"]) -> torch.Tensor:
         tau = self.adapter.logit_scale
-        z_c = scaled_logits(image_features["clean"], text_features, tau)
+        text = F.normalize(text_features, dim=-1)
+        z_c = self._scaled_images(image_features["clean"], tau) @ text.T
         if split != "base" or "nrvpp" not in image_features:
             return z_c  # new classes and other label spaces: z^c
-        z_r = scaled_logits(image_features["nrvpp"], text_features, tau)
+        z_r = self._scaled_images(image_features["nrvpp"], tau) @ text.T
         return self.params.fusion * z_c + (1 - self.params.fusion) * z_r  # z^f
+
+    def _scaled_images(self, features: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """`tau * n(features)`, the image side of `scaled_logits` (same operations, so the
+        same logits), kept for the last few feature tensors: evaluation reuses one split's
+        features for every condition and draw, and renormalising thousands of images each
+        time cost more than the rest of the logits."""
+        key = (id(features), float(tau))
+        kept = self._scaled.get(key)
+        if kept is not None and kept[0] is features:
+            return kept[1]
+        scaled = tau * F.normalize(features, dim=-1)
+        if len(self._scaled) >= 4:
+            self._scaled.pop(next(iter(self._scaled)))
+        self._scaled[key] = (features, scaled)
+        return scaled
+
+
+def _repeat(tensor: torch.Tensor | None, count: int) -> torch.Tensor | None:
+    """`count` copies of `tensor` along dim 0 (one per fused member)."""
+    if tensor is None or count == 1:
+        return tensor
+    return tensor.repeat(count, *([1] * (tensor.dim() - 1)))
+
+
+def _stack(per_member: list[list[torch.Tensor]], rows: int) -> list[torch.Tensor]:
+    """Per injected layer: each member's prompt [K, width] repeated for its `rows` rows, the
+    members one after another: [members * rows, K, width]."""
+    return [torch.cat([layers[j].unsqueeze(0).expand(rows, -1, -1) for layers in per_member])
+            for j in range(len(per_member[0]))]
+
+
+def _mix_image_noise(noise: TrainingImageNoise | None, f_c: torch.Tensor,
+                     f_r: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weak image training noise on one batch: f^c and f^r of each image mixed with those
+    of another image of the batch (one seeded permutation per step); no noise: unchanged."""
+    if noise is None:
+        return f_c, f_r
+    mixed = noise({"clean": f_c} if f_r is None else {"clean": f_c, "nrvpp": f_r})
+    return mixed["clean"], mixed.get("nrvpp")
 
 
 def _kmeans(points: torch.Tensor, k: int, seed: int, n_init: int) -> tuple[torch.Tensor, float]:
@@ -373,8 +506,10 @@ def _variant(name: str, description: str, doc: str, meta: dict[str, Any],
         fields[key] = (info.annotation, info)
     params = create_model(f"ANPrompt_{name.replace('-', '_')}_Params", __base__=ANPromptParams,
                           **fields)
+    # `fusable` is read from a class's own body: each variant declares it (a plugin subclass
+    # that changes the loss must not silently inherit `fused_loss`).
     cls = type(f"ANPrompt_{name.replace('-', '_')}", (ANPrompt,),
-               {"Params": params, "__doc__": doc, "__module__": __name__})
+               {"Params": params, "__doc__": doc, "__module__": __name__, "fusable": True})
     return METHODS.register(name, description=description, meta=meta)(cls)
 
 

@@ -90,7 +90,7 @@ class NoiseStrategyReport(Report):
             columns=[Column.for_metric(key) for key in METRICS],
             rows=table_rows,
             notes=["AS = perturbed − clean accuracy (negative = loss); ↑/↓: higher/lower is "
-                   "more robust.", *ctx.sample_note(rows)],
+                   "more robust.", *ctx.text_only_note(), *ctx.sample_note(rows)],
         )
         data = pd.DataFrame.from_records(records, columns=["perturbation", "method", "metric",
                                                            "mean", "std", "n", "lo", "hi"])

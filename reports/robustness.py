@@ -54,7 +54,7 @@ class RobustnessSummary(Report):
             columns=list(COLUMNS),
             rows=table_rows,
             notes=[f"Perturbations: {', '.join(noises)}; each weighs equally (its severities "
-                   "averaged first).", *ctx.sample_note(rows)],
+                   "averaged first).", *ctx.text_only_note(), *ctx.sample_note(rows)],
         )
         missing = describe_missing(rows, ["eval_noise", "dataset", "split"])
         return ReportResult(tables=[table], missing=missing)

@@ -37,7 +37,7 @@ def test_harmonic_mean():
 
 
 def test_metric_metadata_is_declared_once_for_every_stored_metric():
-    assert set(metrics.METRICS) == {"acc", "hm", "ts", "lpr", "as"}
+    assert set(metrics.METRICS) == {"acc", "hm", "ts", "ifs", "lpr", "as"}
     assert all(key == info.key for key, info in metrics.METRICS.items())
     ts, lpr, shift = (metrics.METRICS[k] for k in ("ts", "lpr", "as"))
     # lower text shift is more robust; a preserved prediction and a smaller loss are better

@@ -18,7 +18,17 @@ from anbench.results_schema import RESULT_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = ",".join(RESULT_COLUMNS)
-ROW = "toy,dtd,mini,dapt,none,16,1,base,drop,0.3,inf,acc,71.5"
+FIELDS = {"suite": "toy", "dataset": "dtd", "backbone": "mini", "method": "dapt",
+          "train_noise": "none", "shots": "16", "seed": "1", "split": "base", "eval_noise": "drop",
+          "severity": "0.3", "alpha": "inf", "modality": "text", "metric": "acc", "value": "71.5"}
+
+
+def row(columns: list[str] = RESULT_COLUMNS, **values: str) -> str:
+    return ",".join({**FIELDS, **values}[c] for c in columns)
+
+
+ROW = row()
+OLD_COLUMNS = [c for c in RESULT_COLUMNS if c != "modality"]  # before the modality column
 
 
 def write(tmp_path: Path, content: str | bytes) -> Path:
@@ -40,12 +50,23 @@ def rejected(path: Path, match: str) -> str:
 
 
 def test_a_valid_table_is_typed(tmp_path: Path) -> None:
-    clean = "toy,dtd,mini,dapt,none,16,2,base,clean,,,ACC,"
+    clean = row(seed="2", eval_noise="clean", severity="", alpha="", modality="none",
+                metric="ACC", value="")
     df = read_results(write(tmp_path, "\ufeff" + "\n".join([HEADER, ROW, "", clean]) + "\n"))
     assert list(df.columns) == RESULT_COLUMNS and len(df) == 2  # BOM and blank line skipped
     assert df["seed"].tolist() == [1, 2] and df["shots"].dtype == np.int64
     assert df["severity"].iloc[0] == pytest.approx(0.3) and math.isinf(df["alpha"].iloc[0])
     assert math.isnan(df["value"].iloc[1]) and df["metric"].tolist() == ["acc", "acc"]
+    assert df["modality"].tolist() == ["text", "none"]
+
+
+def test_a_table_from_before_the_modality_column_reads_with_it_inferred(tmp_path: Path) -> None:
+    clean = row(OLD_COLUMNS, eval_noise="clean", severity="", alpha="")
+    df = read_results(write(tmp_path, "\n".join([",".join(OLD_COLUMNS), row(OLD_COLUMNS),
+                                                 clean]) + "\n"))
+    assert list(df.columns) == RESULT_COLUMNS and df["modality"].tolist() == ["text", "none"]
+    frame = pd.DataFrame([row(OLD_COLUMNS).split(",")], columns=OLD_COLUMNS)
+    assert validate_results(frame)["modality"].tolist() == ["text"]
 
 
 def test_header_only_is_an_empty_table_and_an_empty_report(tmp_path: Path) -> None:
@@ -75,8 +96,9 @@ def test_garbage_and_wrong_columns(tmp_path: Path) -> None:
 
 
 def test_malformed_rows(tmp_path: Path) -> None:
-    rejected(write(tmp_path, f"{HEADER}\n{ROW}\n{ROW},extra\n"), "line 3 has 14 field")
-    rejected(write(tmp_path, f"{HEADER}\n{ROW.rsplit(',', 1)[0]}\n"), "line 2 has 12 field")
+    n = len(RESULT_COLUMNS)
+    rejected(write(tmp_path, f"{HEADER}\n{ROW}\n{ROW},extra\n"), f"line 3 has {n + 1} field")
+    rejected(write(tmp_path, f"{HEADER}\n{ROW.rsplit(',', 1)[0]}\n"), f"line 2 has {n - 1} field")
     rejected(write(tmp_path, f'{HEADER}\n"{ROW}\n'), "line 2 has 1 field")  # open quote
     huge = ROW.replace("dtd", "x" * 200_000)
     rejected(write(tmp_path, f"{HEADER}\n{huge}\n"), "not a well-formed CSV")

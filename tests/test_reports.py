@@ -179,7 +179,8 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
 
 def test_all_reports_are_registered() -> None:
     assert {"base-to-new", "ablation", "noise-strategy", "training-noise", "severity-curves",
-            "robustness-summary"} <= set(REPORTS.names())
+            "robustness-summary", "perturbation-heatmap", "corruption-summary"} <= set(
+        REPORTS.names())
 
 
 def test_method_order_and_palette_are_stable() -> None:
@@ -337,7 +338,8 @@ def test_training_noise_comparison(full: BuildResult) -> None:
 def test_figures_are_written_with_expected_series(full: BuildResult) -> None:
     figures = full.index.parent / "figures"
     names = sorted(p.name for p in figures.iterdir())
-    expected = ["noise-strategy", "training-noise", "severity-drop", "alpha-wsp"]
+    expected = ["noise-strategy", "training-noise", "severity-drop", "alpha-wsp",
+                "perturbation-heatmap"]
     for stem in expected:
         for ext in ("png", "pdf", "data.csv"):
             path = figures / f"{stem}.{ext}"

@@ -16,7 +16,7 @@ import platform
 import subprocess
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -133,6 +133,91 @@ def execute_cell(ctx: RunContext, key: CellKey, env: CellEnvironment, store: Sui
             log(f"{key.label()}: failed (attempt {attempt}): {error}")
             return CellOutcome(key, "failed", error=error, attempt=attempt)
         clear_failure(store, key)
+    seconds = float(result.meta["seconds"])
+    log(f"{key.label()}: {result.summary()} ({seconds:.0f} s)")
+    return CellOutcome(key, "done", seconds=seconds, summary=result.summary(), attempt=attempt)
+
+
+def execute_group(ctx: RunContext, keys: Sequence[CellKey], env: CellEnvironment,
+                  store: SuiteStore, *, log: Callable[[str], None],
+                  progress: Progress | None = None, attempt: int = 1,
+                  reraise_fatal: bool = False) -> list[CellOutcome]:
+    """`execute_cell` for the cells of one fused group (`anbench.cell_group.plan_groups`):
+    each is checked, claimed and stored on its own (one folder per cell, as alone); the claimed
+    ones run together. A member that fails is recorded and the others still stored. Returns
+    the outcomes in the order of `keys`."""
+    from anbench.cell_group import run_group
+
+    specs = {key: ctx.resolve(key, env.backbone.weights_hash) for key in keys}
+    outcomes: dict[CellKey, CellOutcome] = {}
+    with contextlib.ExitStack() as stack:
+        claims: dict[CellKey, Any] = {}
+        for key in keys:
+            spec = specs[key]
+            if store.is_complete(key, spec.fingerprint):
+                outcomes[key] = CellOutcome(key, "complete", attempt=attempt)
+                continue
+            claim = stack.enter_context(store.claim(key))
+            if not claim:  # another run of this suite is on it
+                outcomes[key] = CellOutcome(key, "busy", attempt=attempt)
+                continue
+            stored = store.inspect(key)
+            if stored is not None and stored.intact and stored.fingerprint == spec.fingerprint:
+                outcomes[key] = CellOutcome(key, "complete", attempt=attempt)
+                continue
+            if stored is not None and stored.problem:
+                log(f"{key.label()}: damaged ({stored.problem}); redoing it")
+            claims[key] = claim
+        todo = [key for key in keys if key in claims]
+        if todo:
+            write_run_files(store, ctx.config, env)
+            events = {}
+            for key in todo:
+                store.mark_running(key, attempt=attempt)
+                events[key] = stack.enter_context(
+                    _training_log(ctx.config, store.cell_dir(key), None))
+
+            def step(done: int, total: int, records: dict[int, dict[str, Any]]) -> None:
+                for index, record in records.items():
+                    events[todo[index]](done, total, record)
+                if progress is not None:
+                    progress(done, total, next(iter(records.values())))
+
+            for index, result in run_group([specs[key] for key in todo], env, progress=step,
+                                           log=log):
+                key = todo[index]
+                outcomes[key] = _store_result(ctx, store, key, specs[key], claims[key], result,
+                                              log=log, attempt=attempt,
+                                              reraise_fatal=reraise_fatal)
+        for key in todo:  # not reached by the group (e.g. an earlier member's fatal error)
+            if key not in outcomes:
+                error = "its fused group stopped before this cell ran"
+                record_failure(store, key, error, attempt=attempt)
+                outcomes[key] = CellOutcome(key, "failed", error=error, attempt=attempt)
+    return [outcomes[key] for key in keys]
+
+
+def _store_result(ctx: RunContext, store: SuiteStore, key: CellKey, spec: Any, claim: Any,
+                  result: Any, *, log: Callable[[str], None], attempt: int,
+                  reraise_fatal: bool) -> CellOutcome:
+    """Store one group member's result (or record its error) as `execute_cell` does."""
+    try:
+        if isinstance(result, Exception):
+            raise result
+        if claim.lost:
+            raise RuntimeError("another run took this cell's lock over while it ran (a "
+                               "stall longer than launcher.lock_timeout_s); result dropped")
+        store.write_cell(key, spec.fingerprint, result.rows, result.arrays, result.prompts,
+                         result.meta, weights_hash=spec.weights_hash)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+        record_failure(store, key, error, traceback="".join(traceback.format_exception(exc)),
+                       attempt=attempt)
+        if reraise_fatal and is_fatal(exc):
+            raise
+        log(f"{key.label()}: failed (attempt {attempt}): {error}")
+        return CellOutcome(key, "failed", error=error, attempt=attempt)
+    clear_failure(store, key)
     seconds = float(result.meta["seconds"])
     log(f"{key.label()}: {result.summary()} ({seconds:.0f} s)")
     return CellOutcome(key, "done", seconds=seconds, summary=result.summary(), attempt=attempt)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from anbench.reporting.figures import FigureSpec
 from anbench.reporting.labels import CLEAN, add_perturbation_labels
+from anbench.reporting.modality import IMAGE, TEXT, of_modality
 from anbench.reporting.order import Palette
 from anbench.reporting.stats import Stat
 from anbench.reporting.tables import Table
@@ -54,11 +55,29 @@ class ReportContext:
         return df[(df["eval_noise"] == CLEAN) & (df["metric"] == "acc")
                   & df["split"].isin(splits)].reset_index(drop=True)
 
-    def perturbed(self, metrics: Sequence[str] = ("ts", "lpr", "as")) -> pd.DataFrame:
+    def perturbed(self, metrics: Sequence[str] = ("ts", "lpr", "as"),
+                  modality: str | None = TEXT) -> pd.DataFrame:
+        """Perturbed rows of `metrics` (per split) of one modality (None: every modality);
+        the default keeps text tables free of image rows."""
         df = self.main
         rows = df[(df["eval_noise"] != CLEAN) & df["metric"].isin(metrics)
                   & (df["split"] != "base-new")]
+        if modality is not None:
+            rows = of_modality(rows, modality)
         return add_perturbation_labels(rows).reset_index(drop=True)
+
+    def has_modality(self, modality: str) -> bool:
+        """Whether any perturbed row of this setting perturbed `modality`."""
+        df = self.main
+        return not of_modality(df[df["eval_noise"] != CLEAN], modality).empty
+
+    def text_only_note(self) -> list[str]:
+        """The note a text table carries when the suite also perturbed images (else none, so
+        text-only results report exactly as before)."""
+        if not self.has_modality(IMAGE):
+            return []
+        return ["Text perturbations only: image perturbations are in the perturbation heatmap "
+                "and the corruption summary."]
 
 
 class Report:

@@ -3,9 +3,10 @@
 No network and no side files: styles and the table-sorting script are inlined, figures are the
 report's PNGs as base64 data URIs, training curves are inline SVG. Rendered with Jinja2 from
 `templates/`. The page holds the suite's facts, every report's tables (sortable) and figures, a
-method x perturbation heatmap per robustness metric, a table of cells, and one page per cell
-(shown when its anchor is the URL fragment): parameters, training curves from meta.json,
-per-class accuracy from arrays.npz, and the clean and noisy class sentences.
+method x perturbation heatmap per robustness metric (text and image perturbations apart), a
+table of cells, and one page per cell (shown when its anchor is the URL fragment): parameters,
+training curves from meta.json, per-class accuracy from arrays.npz, and the clean and noisy class
+sentences.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import pandas as pd
 
 from anbench.api import Cell, Suite
 from anbench.files import atomic_write_text
-from anbench.metrics import METRICS
 from anbench.registry import AnbenchError
 from anbench.reporting.build import settings_of
 from anbench.reporting.html_cells import CellPage, cell_anchor, cell_page
@@ -30,6 +30,7 @@ from anbench.reporting.labels import (
     assign_labels,
     order_perturbations,
 )
+from anbench.reporting.modality import IMAGE, TEXT, metric_info, of_modality, order_by_category
 from anbench.reporting.order import (
     dataset_sort_key,
     method_sort_key,
@@ -42,7 +43,8 @@ from anbench.reporting.order import (
 from anbench.reporting.stats import fmean
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-HEATMAP_METRICS = ("as", "lpr", "ts")
+HEATMAP_METRICS = ("as", "lpr", "ts")  # text perturbations
+IMAGE_HEATMAP_METRICS = ("as", "lpr", "ifs")
 
 
 def environment() -> Any:
@@ -57,44 +59,65 @@ def environment() -> Any:
 
 
 def heatmaps(results: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per setting and metric: rows = method label, columns = perturbation, each value the mean
-    over datasets, seeds, splits (base and new) and noise draws of that metric."""
+    """Per setting, modality and metric: rows = method label, columns = perturbation, each value
+    the mean over datasets, seeds, splits (base and new) and noise draws of that metric. Text
+    columns are perturbation settings (severity, alpha); image columns are perturbations, their
+    severities averaged (15 corruptions x 5 severities would not fit a page)."""
     rows = results[results["value"].notna() & (results["eval_noise"] != CLEAN)
-                   & results["metric"].isin(HEATMAP_METRICS)
+                   & results["metric"].isin(HEATMAP_METRICS + IMAGE_HEATMAP_METRICS)
                    & (results["split"] != "base-new")]
     if rows.empty:
         return []
     labelled, _ = assign_labels(rows)
-    out = []
+    out: list[dict[str, Any]] = []
     for setting, sub in settings_of(labelled):
-        sub = add_perturbation_labels(sub)
-        columns = order_perturbations(sub)
-        labels = order_labels(sub["label"].unique())
-        for metric in HEATMAP_METRICS:
-            mine = sub[sub["metric"] == metric]
-            if mine.empty:
-                continue
-            means = {key: fmean(group["value"]) for key, group in
-                     mine.groupby(["label", "perturbation"], sort=False)}
-            values = [v for v in means.values() if v == v]
-            low, high = (min(values), max(values)) if values else (0.0, 0.0)
-            info = METRICS[metric]
-            grid = []
-            for label in labels:
-                cells = []
-                for column in columns:
-                    value = means.get((label, column), float("nan"))
-                    cell = num_cell(value, info.digits)
-                    if value == value:
-                        t = (value - low) / (high - low) if high > low else 0.5
-                        cell["bg"], cell["fg"] = ramp_colour(
-                            t if info.better == "higher" else 1 - t)
-                    cells.append(cell)
-                grid.append({"label": label, "cells": cells})
-            better = "higher" if info.better == "higher" else "lower"
-            out.append({"setting": setting, "metric": metric, "title": info.header(""),
-                        "better": better, "columns": columns, "rows": grid,
-                        "id": f"heatmap-{metric}" + (f"-{len(out)}" if setting else "")})
+        text = of_modality(sub, TEXT)
+        text = text[text["metric"].isin(HEATMAP_METRICS)]
+        image = of_modality(sub, IMAGE)
+        image = image[image["metric"].isin(IMAGE_HEATMAP_METRICS)]
+        if not text.empty:
+            text = add_perturbation_labels(text)
+            out += _heatmaps(text, order_perturbations(text), HEATMAP_METRICS, setting,
+                             "Text perturbations: " if not image.empty else "", "heatmap", out)
+        if not image.empty:
+            image = image.assign(perturbation=image["eval_noise"])
+            columns = [name for name, _ in order_by_category(image["eval_noise"].unique())]
+            out += _heatmaps(image, columns, IMAGE_HEATMAP_METRICS, setting,
+                             "Image perturbations: ", "heatmap-image", out)
+    return out
+
+
+def _heatmaps(sub: pd.DataFrame, columns: list[str], metrics: tuple[str, ...], setting: str,
+              prefix: str, id_stem: str, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One map per metric of `sub` (rows with `label` and `perturbation`); `before`: the maps
+    already made, which number the ids of several settings."""
+    labels = order_labels(sub["label"].unique())
+    out: list[dict[str, Any]] = []
+    for metric in metrics:
+        mine = sub[sub["metric"] == metric]
+        if mine.empty:
+            continue
+        means = {key: fmean(group["value"]) for key, group in
+                 mine.groupby(["label", "perturbation"], sort=False)}
+        values = [v for v in means.values() if v == v]
+        low, high = (min(values), max(values)) if values else (0.0, 0.0)
+        info = metric_info(metric)
+        grid = []
+        for label in labels:
+            cells = []
+            for column in columns:
+                value = means.get((label, column), float("nan"))
+                cell = num_cell(value, info.digits)
+                if value == value:
+                    t = (value - low) / (high - low) if high > low else 0.5
+                    cell["bg"], cell["fg"] = ramp_colour(t if info.better == "higher" else 1 - t)
+                cells.append(cell)
+            grid.append({"label": label, "cells": cells})
+        better = "higher" if info.better == "higher" else "lower"
+        number = len(before) + len(out)
+        out.append({"setting": setting, "metric": metric, "title": prefix + info.header(""),
+                    "better": better, "columns": columns, "rows": grid,
+                    "id": f"{id_stem}-{metric}" + (f"-{number}" if setting else "")})
     return out
 
 

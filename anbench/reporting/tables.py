@@ -52,6 +52,12 @@ class Table:
     columns: list[Column]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    # "column": the best value of each column (within a block) is bold; "row": the best of each
+    # row (columns are methods, rows are conditions: a transposed table)
+    compare: Literal["column", "row"] = "column"
+    # a row index: n.s. marks and p-values compare every row with this row (named by its first
+    # label in the legend), not with the bold one
+    reference: int | None = None
 
     def cell(self, labels: Sequence[str], key: str) -> Stat | None:
         """The cell at the row whose labels are `labels` (blocks included) and column `key`."""
@@ -62,7 +68,10 @@ class Table:
         raise KeyError(f"no row {labels!r} in table {self.name}")
 
     def bold(self) -> set[tuple[int, int]]:
-        """(row, column) positions of the best value per block and column (ties all bold)."""
+        """(row, column) positions of the best value per block and column (ties all bold);
+        with `compare="row"`, of the best value per row."""
+        if self.compare == "row":
+            return self._bold_rows()
         out: set[tuple[int, int]] = set()
         for j, col in enumerate(self.columns):
             if col.better not in ("max", "min"):
@@ -79,13 +88,44 @@ class Table:
                 out.update((i, j) for i, v in vals if v == best)
         return out
 
+    def _bold_rows(self) -> set[tuple[int, int]]:
+        out: set[tuple[int, int]] = set()
+        ranked = [j for j, c in enumerate(self.columns) if c.better in ("max", "min")]
+        if not ranked:
+            return out
+        pick = max if self.columns[ranked[0]].better == "max" else min
+        for i, row in enumerate(self.rows):
+            if not row.ranked:
+                continue
+            vals = [(j, round(row.cells[j].mean, self.columns[j].digits)) for j in ranked
+                    if row.cells[j] is not None and not math.isnan(row.cells[j].mean)]
+            if len(vals) < 2:
+                continue
+            best = pick(v for _, v in vals)
+            out.update((i, j) for j, v in vals if v == best)
+        return out
+
     def has_intervals(self) -> bool:
         return any(c is not None and c.has_interval for r in self.rows for c in r.cells)
 
     def p_values(self) -> dict[tuple[int, int], float]:
         """(row, column) -> paired bootstrap p-value of its difference from the bold value of
-        its block and column (rows with replicates only; the bold ones are left out)."""
+        its block and column (rows with replicates only; the bold ones are left out); with a
+        `reference` row, from that row's value; with `compare="row"`, from the bold of its row."""
+        if self.reference is not None:
+            return self._p_values_against(
+                {(i, j): (self.reference, j) for i in range(len(self.rows))
+                 for j in range(len(self.columns)) if i != self.reference})
         bold = self.bold()
+        if self.compare == "row":
+            pairs: dict[tuple[int, int], tuple[int, int]] = {}
+            for i in range(len(self.rows)):
+                best = next((j for j in range(len(self.columns)) if (i, j) in bold
+                             and self.rows[i].cells[j].replicates is not None), None)
+                if best is not None:
+                    pairs.update({(i, j): (i, best) for j in range(len(self.columns))
+                                  if (i, j) not in bold and self.columns[j].better})
+            return self._p_values_against(pairs)
         out: dict[tuple[int, int], float] = {}
         for j in range(len(self.columns)):
             blocks = itertools.groupby(range(len(self.rows)), key=lambda i: self.rows[i].block)
@@ -104,6 +144,19 @@ class Table:
                     out[(i, j)] = paired_p_value(ref - cell.replicates)
         return out
 
+    def _p_values_against(self, pairs: dict[tuple[int, int], tuple[int, int]]
+                          ) -> dict[tuple[int, int], float]:
+        """p-values of cell - reference cell for each (cell, reference) pair with replicates."""
+        out: dict[tuple[int, int], float] = {}
+        for (i, j), (ri, rj) in pairs.items():
+            cell, ref = self.rows[i].cells[j], self.rows[ri].cells[rj]
+            if (not self.rows[i].ranked or cell is None or ref is None
+                    or cell.replicates is None or ref.replicates is None
+                    or len(cell.replicates) != len(ref.replicates)):
+                continue
+            out[(i, j)] = paired_p_value(ref.replicates - cell.replicates)
+        return out
+
     def not_significant(self) -> set[tuple[int, int]]:
         return {pos for pos, p in self.p_values().items() if not p < SIGNIFICANCE}
 
@@ -113,10 +166,14 @@ class Table:
             return list(self.notes)
         resamples = next(len(c.replicates) for r in self.rows for c in r.cells
                          if c is not None and c.replicates is not None)
+        versus = ("the bold value of its row" if self.compare == "row"
+                  else "the bold value of its block and column")
+        if self.reference is not None:
+            versus = f"{self.rows[self.reference].labels[0]} in its column"
         legend = (f"[low, high]: 95% bootstrap interval ({resamples} resamples of the test "
                   "images, of the classes for TS, and of the seeds; paired across methods); "
-                  "sd: std over noise draws; n.s.: not significantly different from the bold "
-                  f"value of its block and column (paired bootstrap, p ≥ {SIGNIFICANCE:g}).")
+                  f"sd: std over noise draws; n.s.: not significantly different from {versus} "
+                  f"(paired bootstrap, p ≥ {SIGNIFICANCE:g}).")
         return [*self.notes, legend]
 
     def _display_labels(self) -> list[list[str]]:
@@ -248,7 +305,7 @@ _TEX_ESCAPES = {
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
     "α": r"$\alpha$", "∞": r"$\infty$", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
     "±": r"$\pm$", "≥": r"$\geq$", "†": r"\textsuperscript{\dag}", "–": "--",
-    "Δ": r"$\Delta$", "×": r"$\times$",
+    "Δ": r"$\Delta$", "×": r"$\times$", "·": r"$\cdot$", "Σ": r"$\Sigma$",
 }
 
 

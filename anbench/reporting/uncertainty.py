@@ -5,11 +5,18 @@ A report cell is a mean over (dataset, split, condition) cells of seed-means, ex
 bootstrap replicates (`anbench.stats`), so table rows of different methods on the same test sets
 are paired. A cell whose arrays are missing, damaged or do not reproduce results.csv gives no
 interval (the table then shows mean ± std over seeds, as without arrays).
+
+Image conditions are evaluated on a fixed subsample of each test set, stored apart from the text
+conditions (`<split>/image_index`, `<split>/image_logits/<condition>` [K, n, C],
+`<split>/image_ifs/<condition>` [K, n]); their per-image scores (acc, lpr and as against the clean
+logits of the same images, ifs) form a test set of their own, `<split>/image`, resampled over
+its n images (the same images for every seed and method: paired as well).
 """
 
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +44,55 @@ from anbench.store import CellKey, SuiteStore
 CELL_COLUMNS = ["backbone", "shots", "method", "train_noise", "dataset", "split", "eval_noise",
                 "severity", "alpha"]
 _TOLERANCE = 1e-4  # arrays must reproduce results.csv to this (pp, or TS units)
+IMAGE_SET = "/image"  # suffix of the split name of a split's image-condition subsample
+
+
+def load_image_scores(path: Path | str) -> dict[str, SplitScores]:
+    """'<split>/image' -> per-image scores of the image conditions in a cell's arrays.npz
+    (empty when it has none); a damaged file is one `AnbenchError` line."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files)
+            splits = [n[:-len("/image_index")] for n in names if n.endswith("/image_index")]
+            arrays = {n: npz[n] for n in names if any(
+                n == f"{s}/labels" or n == f"{s}/logits/clean" or n.startswith(f"{s}/image_")
+                for s in splits)}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise AnbenchError(f"cannot read {path}: {exc}") from None
+    try:
+        return {f"{s}{IMAGE_SET}": _image_scores(s, arrays) for s in splits}
+    except (KeyError, ValueError, IndexError) as exc:
+        raise AnbenchError(f"{path} does not hold the image arrays of an evaluated cell ({exc})"
+                           ) from None
+
+
+def _image_scores(split: str, arrays: dict[str, np.ndarray]) -> SplitScores:
+    index = np.asarray(arrays[f"{split}/image_index"]).astype(np.int64).ravel()
+    labels = np.asarray(arrays[f"{split}/labels"]).astype(np.int64).ravel()[index]
+    clean_pred = np.asarray(arrays[f"{split}/logits/clean"]).argmax(axis=-1)[index]
+    clean_ok = (clean_pred == labels).astype(np.float64) * 100.0
+    out = SplitScores(f"{split}{IMAGE_SET}", labels)
+    out.scores[(CLEAN, "acc")] = clean_ok
+    out.per_draw[(CLEAN, "acc")] = np.array([clean_ok.mean()])
+    prefix = f"{split}/image_logits/"
+    for name in arrays:
+        if not name.startswith(prefix):
+            continue
+        cond = name[len(prefix):]
+        logits = np.asarray(arrays[name], dtype=np.float64)
+        logits = logits[None] if logits.ndim == 2 else logits  # [K, n, C]
+        shift = np.asarray(arrays[f"{split}/image_ifs/{cond}"], dtype=np.float64)
+        shift = shift[None] if shift.ndim == 1 else shift  # [K, n]
+        if logits.shape[1] != len(labels) or shift.shape != logits.shape[:2]:
+            raise ValueError(f"{split}/{cond}: shapes {logits.shape}, {shift.shape} do not fit "
+                             f"{len(labels)} images")
+        pred = logits.argmax(axis=-1)
+        ok = (pred == labels).astype(np.float64) * 100.0
+        kept = (pred == clean_pred).astype(np.float64) * 100.0
+        for metric, per in (("acc", ok), ("lpr", kept), ("as", ok - clean_ok), ("ifs", shift)):
+            out.scores[(cond, metric)] = per.mean(axis=0)
+            out.per_draw[(cond, metric)] = per.mean(axis=1)
+    return out
 
 
 class Uncertainty:
@@ -68,7 +124,9 @@ class Uncertainty:
             self.problems.append(f"{key.label()}: {cell.problem}; no interval")
             return None
         try:
-            return load_cell_scores(cell.directory / "arrays.npz")
+            scores = load_cell_scores(cell.directory / "arrays.npz")
+            scores.update(load_image_scores(cell.directory / "arrays.npz"))
+            return scores
         except AnbenchError as exc:
             self.problems.append(f"{key.label()}: {exc}; no interval")
             return None
@@ -87,6 +145,9 @@ class Uncertainty:
         cond = condition_key(str(eval_noise), float(severity))
         model = (str(backbone), int(shots), str(method), str(train_noise), str(dataset))
         found = self._replicates(model, seeds, str(split), unit_kind(metric))
+        if found is None or (cond, metric) not in found[0]:
+            # an image condition: its own test set, the split's image subsample
+            found = self._replicates(model, seeds, f"{split}{IMAGE_SET}", unit_kind(metric))
         if found is None or (cond, metric) not in found[0]:
             return None
         columns, reps, per_seed = found
@@ -180,14 +241,22 @@ class Uncertainty:
                 found = self.scores(CellKey(str(backbone), str(dataset), str(method),
                                             str(noise), int(shots), int(seed)))
                 scores = None if found is None else found.get(str(split))
+                cond = condition_key(str(eval_noise), float(severity))
+                image = None if found is None else found.get(f"{split}{IMAGE_SET}")
+                if image is not None and cond in image.conditions and (
+                        scores is None or cond not in scores.conditions):
+                    scores = image  # an image condition: n is the image subsample's
                 if scores is None:
                     continue
                 n = f"{len(scores.labels)}"
-                if classes:
-                    n += f" ({scores.units('ts')} classes)"
-                units.setdefault(str(dataset), {})[str(split)] = n
+                if scores is image:
+                    units.setdefault(str(dataset), {})[f"{split} (image conditions)"] = n
+                else:
+                    if classes:
+                        n += f" ({scores.units('ts')} classes)"
+                    units.setdefault(str(dataset), {})[str(split)] = n
                 if eval_noise != CLEAN:
-                    draws.add(scores.draws(condition_key(str(eval_noise), float(severity))))
+                    draws.add(scores.draws(cond))
         if not units:
             return None
         parts = [f"{d} " + ", ".join(f"{s} {n}" for s, n in units[d].items())

@@ -169,6 +169,8 @@ class CellEnvironment:
     feature_cache: Any = None  # a PrefixCache of frozen image features, or None (off)
     _data: dict[tuple[Any, ...], CellData] = field(default_factory=dict)
     _corrupted: Any = None  # a PrefixCache of corrupted test images (anbench.image_eval)
+    #: While a fused group evaluates: its `anbench.cell_group.SharedImageConditions`.
+    shared_conditions: Any = None
 
     @classmethod
     def load(cls, config: BenchConfig, progress: bool = True) -> CellEnvironment:
@@ -223,7 +225,8 @@ class CellEnvironment:
         limit, draws = settings
         return make_image_eval(method, images, dataset=space.dataset, split=space.split,
                                seed=seed, limit=limit, draws=draws,
-                               features=self.image_features, cache=self._corrupted)
+                               features=self.image_features, cache=self._corrupted,
+                               shared=self.shared_conditions)
 
     def _load_data(self, dataset: str, seed: int, shots: int,
                    eval_datasets: tuple[str, ...] = ()) -> CellData:

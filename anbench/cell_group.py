@@ -79,41 +79,38 @@ def plan_groups(specs: Sequence[CellSpec]) -> list[list[CellSpec]]:
     return list(groups.values())
 
 
-class SharedClassText:
-    """Class text features of the sentence lists a group's members are evaluated on.
-
-    The members evaluate one after another on the same sentence lists (clean, then every
-    perturbation's draws). The first request for a list computes it for every member still to
-    be evaluated in one pass (`fused_class_features`: tokenised once, frozen prefix once,
-    prompted blocks batched over the members) and keeps the others' copies until they ask;
-    past the byte budget a member computes its own list alone (same values)."""
+class _SharedPerMember:
+    """Values the members of a group ask for one after another (in evaluation order), each
+    computed once for every member still to be evaluated: the first request computes all the
+    pending members' copies in one pass and keeps the others' until they ask. Past the byte
+    budget a member computes its own alone (same values)."""
 
     def __init__(self, methods: Sequence[Any], max_bytes: int = SHARED_MEMORY_BYTES):
         self.pending = list(methods)  # members not yet evaluated, in evaluation order
         self.max_bytes = int(max_bytes)
         self.nbytes = 0
         self.passes = self.reads = 0
-        self._kept: dict[tuple[str, ...], dict[int, torch.Tensor]] = {}
+        self._kept: dict[Any, dict[int, Any]] = {}
 
-    def features(self, method: Any, sentences: list[str]) -> torch.Tensor:
-        key = tuple(sentences)
+    def _get(self, method: Any, key: Any, guess_bytes: int,
+             compute: Callable[[list[Any]], list[Any]]) -> Any:
+        """`compute(members)` gives each member's value, `guess_bytes` one member's size."""
         kept = self._kept.get(key)
         if kept is not None and id(method) in kept:
             found = kept.pop(id(method))
-            self.nbytes -= found.numel() * found.element_size()
+            self.nbytes -= _nbytes(found)
             if not kept:
                 del self._kept[key]
             self.reads += 1
             return found
         others = [m for m in self.pending if m is not method]
-        width = int(getattr(method.adapter, "embed_dim", 512))
-        if self.nbytes + len(others) * len(sentences) * width * 4 > self.max_bytes:
+        if self.nbytes + len(others) * guess_bytes > self.max_bytes:
             others = []
-        computed = type(method).fused_class_features([method, *others], sentences)
+        computed = compute([method, *others])
         self.passes += 1
-        for other, features in zip(others, computed[1:], strict=True):
-            self._kept.setdefault(key, {})[id(other)] = features
-            self.nbytes += features.numel() * features.element_size()
+        for other, value in zip(others, computed[1:], strict=True):
+            self._kept.setdefault(key, {})[id(other)] = value
+            self.nbytes += _nbytes(value)
         return computed[0]
 
     def finished(self, method: Any) -> None:
@@ -122,9 +119,48 @@ class SharedClassText:
         for key in list(self._kept):
             found = self._kept[key].pop(id(method), None)
             if found is not None:
-                self.nbytes -= found.numel() * found.element_size()
+                self.nbytes -= _nbytes(found)
             if not self._kept[key]:
                 del self._kept[key]
+
+
+def _nbytes(value: torch.Tensor | dict[str, torch.Tensor]) -> int:
+    tensors = value.values() if isinstance(value, dict) else [value]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class SharedClassText(_SharedPerMember):
+    """Class text features of the sentence lists a group's members are evaluated on (clean,
+    then every perturbation's draws), computed for all pending members in one pass
+    (`fused_class_features`: tokenised once, frozen prefix once, prompted blocks batched over
+    the members)."""
+
+    def features(self, method: Any, sentences: list[str]) -> torch.Tensor:
+        width = int(getattr(method.adapter, "embed_dim", 512))
+        return self._get(method, tuple(sentences), len(sentences) * width * 4,
+                         lambda members: type(method).fused_class_features(members, sentences))
+
+
+class SharedImageConditions(_SharedPerMember):
+    """Image features of the corrupted test images of each image condition
+    (`anbench.image_eval`), computed for all pending members in one pass
+    (`shared_image_features`: each corrupted image decoded once, its frozen prefix once)."""
+
+    def __init__(self, methods: Sequence[Any], workers: int | None = None,
+                 max_bytes: int = SHARED_MEMORY_BYTES):
+        super().__init__(methods, max_bytes)
+        self.workers = workers
+
+    def features(self, method: Any, key: Any, images: Callable[[], Any], count: int
+                 ) -> dict[str, torch.Tensor]:
+        """`key` names the condition (images, perturbation, severity, seed, draw);
+        `images()` builds its corrupted ImageSet of `count` images when no member has asked
+        for it yet."""
+        def compute(members: list[Any]) -> list[dict[str, torch.Tensor]]:
+            return shared_image_features(members, images(), self.workers)
+
+        width = int(getattr(method.adapter, "embed_dim", 512))
+        return self._get(method, key, 2 * int(count) * width * 4, compute)
 
 
 def _batches(images: Any, batch_size: int, workers: int | None, pin: bool
@@ -236,46 +272,53 @@ def run_group(specs: Sequence[CellSpec], env: CellEnvironment,
     share_images = _shares_test_images(type(methods[trained[0]]))
     per_member = _feature_bytes(methods[trained[0]], data.images)
     chunk = max(1, SHARED_MEMORY_BYTES // max(per_member, 1)) if share_images else len(trained)
-    with shared_draws():
-        for first in range(0, len(trained), chunk):
-            batch = trained[first:first + chunk]
-            features: dict[int, dict[str, dict[str, torch.Tensor]]] = {i: {} for i in batch}
-            began = time.time()
-            try:
-                for split, images in (data.images.items() if share_images else ()):
-                    interrupts.check()
-                    computed = shared_image_features([methods[i] for i in batch], images,
-                                                     env.config.run.workers)
-                    for i, split_features in zip(batch, computed, strict=True):
-                        features[i][split] = split_features
-            except Exception as exc:  # each member then encodes its own (its error, if any)
-                features = {i: {} for i in batch}
-                if log is not None:
-                    log(f"shared test-image pass of {len(batch)} cells failed "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); each "
-                        "cell encodes its own")
-            feature_share = (time.time() - began) / len(batch)
-            shared_text = (SharedClassText([methods[i] for i in batch])
-                           if _shares_class_text(type(methods[batch[0]])) else None)
-            for index in batch:
-                methods[index].shared_text = shared_text
-                fitted = FittedMethod(
-                    methods[index], histories[index],
-                    timing={"load": load_share, "train": setup_s[index] + train_share,
-                            "evaluate": feature_share},
-                    image_features=features.pop(index),
-                    meta={"fused": {"cells": len(specs), "trained_together": len(members),
-                                    "group": labels}})
+    try:
+        with shared_draws():
+            for first in range(0, len(trained), chunk):
+                batch = trained[first:first + chunk]
+                features: dict[int, dict[str, dict[str, torch.Tensor]]] = {i: {} for i in batch}
+                began = time.time()
                 try:
-                    result: CellResult | Exception = run_cell(specs[index], env, fitted=fitted)
-                except Exception as exc:
-                    result = exc
-                finally:
-                    methods[index].shared_text = None
-                    if shared_text is not None:
-                        shared_text.finished(methods[index])
-                    del methods[index]  # evaluated: free what it holds before the next
-                yield index, result
+                    for split, images in (data.images.items() if share_images else ()):
+                        interrupts.check()
+                        computed = shared_image_features([methods[i] for i in batch], images,
+                                                         env.config.run.workers)
+                        for i, split_features in zip(batch, computed, strict=True):
+                            features[i][split] = split_features
+                except Exception as exc:  # each member then encodes its own (its error, if any)
+                    features = {i: {} for i in batch}
+                    if log is not None:
+                        log(f"shared test-image pass of {len(batch)} cells failed "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); each "
+                            "cell encodes its own")
+                feature_share = (time.time() - began) / len(batch)
+                shared_text = (SharedClassText([methods[i] for i in batch])
+                               if _shares_class_text(type(methods[batch[0]])) else None)
+                env.shared_conditions = (SharedImageConditions([methods[i] for i in batch],
+                                                               env.config.run.workers)
+                                         if share_images else None)
+                for index in batch:
+                    methods[index].shared_text = shared_text
+                    fitted = FittedMethod(
+                        methods[index], histories[index],
+                        timing={"load": load_share, "train": setup_s[index] + train_share,
+                                "evaluate": feature_share},
+                        image_features=features.pop(index),
+                        meta={"fused": {"cells": len(specs), "trained_together": len(members),
+                                        "group": labels}})
+                    try:
+                        result: CellResult | Exception = run_cell(specs[index], env, fitted=fitted)
+                    except Exception as exc:
+                        result = exc
+                    finally:
+                        methods[index].shared_text = None
+                        for shared in (shared_text, env.shared_conditions):
+                            if shared is not None:
+                                shared.finished(methods[index])
+                        del methods[index]  # evaluated: free what it holds before the next
+                    yield index, result
+    finally:
+        env.shared_conditions = None
 
 
 def _run_alone(spec: CellSpec, env: CellEnvironment, progress: Any) -> CellResult | Exception:

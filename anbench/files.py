@@ -102,5 +102,7 @@ def atomic_save_npz(path: Path, arrays: dict[str, Any]) -> None:
     import numpy as np
 
     buffer = io.BytesIO()  # savez appends ".npz" to a name without it: write bytes instead
-    np.savez_compressed(buffer, **arrays)
+    # Uncompressed: a cell's logits and text features (float32) deflate by under 10% at 45x the
+    # write time (4 s for a fashion-mnist cell). np.load reads both forms.
+    np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())

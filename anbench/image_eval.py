@@ -152,10 +152,11 @@ class ImageEval:
 
 def make_image_eval(method: Any, images: ImageSet, *, dataset: str, split: str, seed: int,
                     limit: int | None, draws: int, features: Callable[[Any, ImageSet], Features],
-                    cache: Any = None) -> ImageEval:
+                    cache: Any = None, shared: Any = None) -> ImageEval:
     """The `ImageEval` of one split: `features(method, image_set)` encodes an ImageSet (the
     cell environment's, which uses the frozen-feature cache); `cache` (a PrefixCache or None)
-    holds corrupted pixels."""
+    holds corrupted pixels. `shared` (a fused group's `anbench.cell_group.SharedImageConditions`
+    or None) encodes each condition once for all the group's members."""
     positions = eval_positions(images, limit, dataset, split)
     geometry, rest = split_transform(images.transform)
     labels = images.labels.numpy()[positions]
@@ -174,9 +175,17 @@ def make_image_eval(method: Any, images: ImageSet, *, dataset: str, split: str, 
         stats["corrupted_cached"] += int(hit)
         return _unpack(cache.get_or_compute(key, compute, "cpu"))
 
-    def encode(p: ImagePerturbation, severity: float, draw: int) -> Features:
+    def image_set(p: ImagePerturbation, severity: float, draw: int) -> ImageSet:
         arrays = pixels(p, severity, draw)
         parent = [(array, int(label)) for array, label in zip(arrays, labels, strict=True)]
-        return features(method, ImageSet(_Pixels(), Subset(parent, range(len(parent))), rest))
+        return ImageSet(_Pixels(), Subset(parent, range(len(parent))), rest)
+
+    def encode(p: ImagePerturbation, severity: float, draw: int) -> Features:
+        if shared is not None:  # members of a group: same images, seed and subsample
+            key = (dataset, split, seed, int(limit or 0), p.name, str(p.version),
+                   p.params.model_dump_json(), float(severity), int(draw))
+            return shared.features(method, key, lambda: image_set(p, severity, draw),
+                                   len(positions))
+        return features(method, image_set(p, severity, draw))
 
     return ImageEval(positions, encode, draws, f"{dataset}/{split}", stats)

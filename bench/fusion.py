@@ -1,11 +1,11 @@
 """Grid benchmark: the same `anbench run` with fused cell groups on and off, in one run.
 
-    .venv/bin/python bench/fusion.py                       # the default grid, text noise, 1 seed
+    .venv/bin/python bench/fusion.py                       # the default grid, all noise, 1 seed
     .venv/bin/python bench/fusion.py --seeds 1,2,3         # all three default seeds (hours)
     .venv/bin/python bench/fusion.py --device cuda --backbone vit-b-16 \\
         --set backbones.vit-b-16.pretrained=null ...       # as bench/gpu_check.sh runs it
 
-Runs `anbench run --methods anprompt,dapt --noise text` (by default on mini's two datasets) twice
+Runs `anbench run --methods anprompt,dapt --noise all` (by default on mini's two datasets) twice
 into two temporary suites, `run.fuse_cells=true` first and `false` second (a warm cache can only
 help the second), prints each wall time and their ratio, then checks that the two results.csv
 agree to 1e-5 on every row and the trained prompts of every cell to 1e-5. Exit status 1 when
@@ -13,9 +13,9 @@ they do not. Besides wall time it prints each run's CPU time (user + system, its
 workers included): with one torch thread per run (`run.threads`), CPU time counts the work
 alone, while wall time on a shared machine also counts whatever else ran meanwhile.
 
-`--noise text` rather than `all`: `all` also holds the image corruptions, whose evaluation is a
-separate cost that fusion does not touch. Extra arguments after `--` go to both runs (e.g.
-`-- --set run.noise_draws=3`).
+`--noise all`: ANPrompt trains once per text perturbation and `image-feature-mix`, and every cell
+is evaluated on every text and image perturbation. Extra arguments after `--` go to both runs
+(e.g. `-- --set run.noise_draws=3`).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="anprompt,dapt")
-    parser.add_argument("--noise", default="text")
+    parser.add_argument("--noise", default="all")
     parser.add_argument("--datasets", default="fashion-mnist,digits")
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--backbone", default=None)

@@ -16,12 +16,14 @@ from anbench.backbones.adapter import BackboneAdapter
 from anbench.cell import resolve_cell
 from anbench.cell_group import (
     SharedClassText,
+    SharedImageConditions,
     fusion_on,
     is_fusable,
     plan_groups,
     shared_image_features,
 )
 from anbench.config import ConfigError, load_config
+from anbench.data.loader import DEFAULT_BATCH
 from anbench.draw_memo import shared_draws
 from anbench.evaluation import encode_images
 from anbench.launchers import CellsFailed
@@ -39,6 +41,9 @@ ABLATIONS = "anprompt,anprompt-wo-nrvpp,anprompt-wo-waloss,anprompt-wo-noise"
 TINY = {"backbone": "tiny-clip", "datasets": "tiny-shapes", "seeds": "1", "quiet": True,
         "device": "cpu",
         "plugins": [str(PLUGIN)], "noise_draws": 2, "launcher.retries": 0,
+        # image conditions too: each corrupted condition is encoded once for a whole group
+        "eval_noise": "drop,wsp,gaussian-noise,image-feature-mix", "image_eval_images": 9,
+        "image_noise_draws": 2,
         **{f"methods.{name}.{key}": value for name in ABLATIONS.split(",")
            for key, value in (("epochs", 2), ("noise_samples", 2))},
         "methods.dapt.epochs": 1}
@@ -154,6 +159,22 @@ def test_shared_evaluation_pieces_equal_each_members_own(hf_backbone):
         shared.finished(method)
     assert shared.passes == 1 and shared.reads == len(methods) - 1  # one pass served all
     assert shared.nbytes == 0
+    # an image condition's corrupted images: built and encoded once for all members
+    built = []
+
+    def corrupted() -> torch.Tensor:
+        built.append(1)
+        return test_images.flip(-1)
+
+    conditions = SharedImageConditions(methods)
+    for method in methods:
+        own = encode_images(method, test_images.flip(-1), batch_size=DEFAULT_BATCH)
+        features = conditions.features(method, ("tiny", "base", 1, "flip"), corrupted,
+                                       len(test_images))
+        assert own.keys() == features.keys()
+        assert all(torch.equal(own[key], features[key]) for key in own)
+        conditions.finished(method)
+    assert len(built) == 1 and conditions.passes == 1 and conditions.nbytes == 0
 
 
 def test_shared_class_text_keeps_what_fits_and_drops_what_is_not_read(clip_backbone):
@@ -292,6 +313,7 @@ def fused(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_fused_run_equals_cells_run_alone(alone: Path, fused: Path):
     _assert_same_rows(alone, fused)
+    assert set(_rows(fused).modality) == {"none", "text", "image"}
     prompts_alone, prompts_fused = _prompts(alone), _prompts(fused)
     assert prompts_alone.keys() == prompts_fused.keys() and len(prompts_fused) == 9
     for cell, state in prompts_alone.items():
